@@ -1,0 +1,274 @@
+// Dynamics 365 (Dataverse) <-> Spotler Mail+ contact sync: Azure Functions (Flex Consumption, Python) with a
+// user-assigned identity, Entra-only storage, Key Vault references for every secret and Entra-authenticated
+// Application Insights.
+//
+// Scope: subscription, like the azd templates: the deployment creates (or reuses) the resource group, so
+// `azd up` and `az deployment sub create` work the same way. No secret value is a parameter: the template
+// creates the vault and the references, operators put the values in (docs/deploy.md).
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the environment (azd AZURE_ENV_NAME); seeds the unique resource names.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region of all resources. Must offer Flex Consumption (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group to create or reuse; empty derives rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Extra tags applied to every resource (azd-env-name is always added).')
+param tags object = {}
+
+@description('Python version of the Functions runtime.')
+@allowed([
+  '3.11'
+  '3.12'
+])
+param pythonVersion string = '3.11'
+
+@description('Upper bound on Flex Consumption scale-out instances.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@description('Spread the Flex Consumption plan across availability zones (only in regions that support it).')
+param zoneRedundant bool = false
+
+@description('Replication of the storage account that holds the sync state.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+  'Standard_RAGRS'
+  'Standard_RAGZRS'
+])
+param storageSkuName string = 'Standard_ZRS'
+
+@description('Public network access of the Key Vault. Disabled requires VNet integration and a private endpoint, which this template does not create.')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param keyVaultPublicNetworkAccess string = 'Enabled'
+
+@description('Spotler Mail+ REST API base URL.')
+param spotlerBaseUrl string = 'https://restapi.mailplus.nl'
+
+@description('Spotler Mail+ REST API path prefix.')
+param spotlerPathPrefix string = '/integrationservice-1.1.0'
+
+@description('Spotler Mail+ OAuth 1.0a consumer key (an identifier, not a secret; the consumer secret goes into Key Vault).')
+param spotlerConsumerKey string = ''
+
+@description('Dataverse environment URL, e.g. https://contoso.crm4.dynamics.com.')
+param dataverseUrl string = ''
+
+@description('How the app gets Dataverse tokens: managed_identity (the user-assigned identity; preferred) or client_secret (app registration; secret in Key Vault).')
+@allowed([
+  'managed_identity'
+  'client_secret'
+])
+param dataverseAuth string = 'managed_identity'
+
+@description('Entra tenant of the Dataverse environment; empty uses the deployment tenant.')
+param dataverseTenantId string = ''
+
+@description('Application (client) id of the app registration; only used with dataverseAuth = client_secret.')
+param dataverseClientId string = ''
+
+@description('systemuser id of the connector\'s Dataverse application user, so its own writes are not pushed back; may be empty.')
+param dataverseAppUserId string = ''
+
+@description('Who wins when both sides changed a two-way field since the last sync.')
+@allowed([
+  'dynamics'
+  'most_recent'
+])
+param conflictWinner string = 'dynamics'
+
+@description('Anonymize the Spotler contact when its Dataverse record is deactivated.')
+param anonymizeOnDeactivate bool = true
+
+@description('Clear a Spotler property when the Dataverse value is blank.')
+param purgeExistingPropertiesWhenNotSet bool = false
+
+@description('Optional principal id (e.g. the user running azd) granted Key Vault Secrets Officer so it can set the secret values. Empty to skip.')
+param principalId string = ''
+
+@description('Principal type of principalId.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param principalType string = 'User'
+
+var abbrs = loadJsonContent('abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var allTags = union(tags, {
+  'azd-env-name': environmentName
+})
+var functionAppName = '${abbrs.webSitesFunctions}sync-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+var tablePrefix = 'sync'
+var queueName = 'dataverse-events'
+var stateTables = [
+  'links'
+  'watermarks'
+  'status'
+  'deadletters'
+  'suppressions'
+  'deliveries'
+  'index'
+]
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: allTags
+}
+
+module identity 'core/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}sync-${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
+module monitoring 'core/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
+module storage 'core/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: allTags
+    skuName: storageSkuName
+    deploymentContainerName: deploymentContainerName
+    queueNames: [
+      queueName
+      '${queueName}-poison'
+    ]
+    tableNames: [for table in stateTables: '${tablePrefix}${table}']
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
+  }
+}
+
+module keyVault 'core/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: allTags
+    publicNetworkAccess: keyVaultPublicNetworkAccess
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    operatorPrincipalId: principalId
+    operatorPrincipalType: principalType
+  }
+}
+
+// Key Vault references without a version follow the latest secret version (rotation needs no redeploy).
+var secretsUri = '${keyVault.outputs.uri}secrets/'
+
+// The connector's app settings, exactly the environment variable names of sync_core/settings.py.
+// tests/infra/test_bicep.py compares these keys with the settings module; host settings live in app/function.bicep.
+var appSettings = union({
+  SPOTLER_BASE_URL: spotlerBaseUrl
+  SPOTLER_PATH_PREFIX: spotlerPathPrefix
+  SPOTLER_CONSUMER_KEY: spotlerConsumerKey
+  SPOTLER_CONSUMER_SECRET: '@Microsoft.KeyVault(SecretUri=${secretsUri}spotler-consumer-secret/)'
+  DATAVERSE_URL: dataverseUrl
+  DATAVERSE_AUTH: dataverseAuth
+  DATAVERSE_TENANT_ID: !empty(dataverseTenantId) ? dataverseTenantId : tenant().tenantId
+  DATAVERSE_CLIENT_ID: dataverseAuth == 'client_secret' ? dataverseClientId : identity.outputs.clientId
+  WEBHOOK_AUTH_MODE: 'webhook_key'
+  WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${secretsUri}webhook-secret/)'
+  SUPPRESSION_HASH_KEY: '@Microsoft.KeyVault(SecretUri=${secretsUri}suppression-hash-key/)'
+  SYNC_TABLE_PREFIX: tablePrefix
+  SYNC_QUEUE_NAME: queueName
+  ANONYMIZE_ON_DEACTIVATE: anonymizeOnDeactivate ? 'true' : 'false'
+  PurgeExistingPropertiesWhenNotSet: purgeExistingPropertiesWhenNotSet ? 'true' : 'false'
+  CONFLICT_WINNER: conflictWinner
+}, empty(dataverseAppUserId) ? {} : {
+  DATAVERSE_APP_USER_ID: dataverseAppUserId
+}, dataverseAuth == 'client_secret' ? {
+  DATAVERSE_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${secretsUri}dataverse-client-secret/)'
+} : {})
+
+module functionApp 'app/function.bicep' = {
+  name: 'function'
+  scope: rg
+  dependsOn: [
+    // The host resolves Key Vault references and opens storage at start-up: grant access first.
+    rbac
+  ]
+  params: {
+    name: functionAppName
+    planName: '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: allTags
+    serviceName: 'app'
+    pythonVersion: pythonVersion
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: 2048
+    zoneRedundant: zoneRedundant
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    appSettings: appSettings
+  }
+}
+
+var baseUrl = 'https://${functionApp.outputs.defaultHostName}'
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output SERVICE_APP_NAME string = functionApp.outputs.name
+output FUNCTION_APP_DEFAULT_HOST_NAME string = functionApp.outputs.defaultHostName
+@description('Register this URL as the Dataverse webhook endpoint (WebhookKey authentication).')
+output DATAVERSE_WEBHOOK_URL string = '${baseUrl}/api/dynamics/webhook'
+@description('Base of the sync status endpoint.')
+output STATUS_ENDPOINT_BASE string = '${baseUrl}/api/status'
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_URI string = keyVault.outputs.uri
+output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

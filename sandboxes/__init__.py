@@ -1,0 +1,1 @@
+"""Loopback simulators of Dataverse and Spotler Mail+ for tests and the demo. Never deployed."""

@@ -1,0 +1,1 @@
+"""Contact sync between Dynamics 365 and Spotler Mail+."""

@@ -1,0 +1,189 @@
+"""The pull decision: what a Spotler change means for one linked Dataverse row (a three-way merge).
+
+For each field mapped ⬅ or 🔁 the base is the value both sides agreed on at the last sync (a keyed hash
+in the link). Only a side that moved away from the base has news: Spotler's news is written to Dynamics,
+an echo of our own write (Spotler still equal to the base) writes nothing, and when both sides moved on a
+🔁 field the configured winner decides and the conflict is recorded with both values' field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sync_core.consent import email_hash, normalize_email
+from sync_core.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
+from sync_core.mapping import Direction, EntityMapping
+from sync_core.plan import PushOptions
+from sync_core.reasons import ReasonCode
+from sync_core.records import AttrValue, DataverseRow, PropValue, SpotlerContact
+from sync_core.state_model import LinkState, Suppression, SuppressionCause
+
+
+@dataclass(frozen=True, slots=True)
+class PullPlan:
+    """Columns to PATCH on the Dataverse row, a correction to send back to Spotler, and the new link."""
+
+    changes: Mapping[str, AttrValue]
+    reason: ReasonCode
+    detail: str
+    link: LinkState
+    etag: str | None = None
+    spotler_fix: SpotlerContact | None = None
+    suppress: Suppression | None = None
+    conflicts: tuple[str, ...] = ()
+    skipped: bool = False
+
+
+@dataclass(slots=True)
+class _Acc:
+    changes: dict[str, AttrValue] = field(default_factory=dict)
+    fix_props: dict[str, PropValue] = field(default_factory=dict)
+    fix_perms: dict[int, bool] = field(default_factory=dict)
+    base: dict[str, str] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+
+
+def plan_pull(
+    contact: SpotlerContact,
+    link: LinkState,
+    row: DataverseRow | None,
+    mapping: EntityMapping,
+    options: PushOptions,
+    now: datetime,
+) -> PullPlan:
+    """Decide which Dataverse columns a Spotler change updates for one linked row."""
+    if row is None or link.anonymized:
+        why = "record no longer exists" if row is None else "anonymized; Spotler changes are not pulled"
+        return PullPlan({}, link.reason or ReasonCode.SYNCED, why, link, skipped=True)
+    if (
+        link.spotler_last_changed is not None
+        and contact.last_changed is not None
+        and contact.last_changed < link.spotler_last_changed
+    ):
+        return PullPlan({}, link.reason or ReasonCode.SYNCED, "older Spotler change ignored", link, skipped=True)
+
+    key = options.hash_key
+    attrs = row.attributes
+    acc = _Acc()
+    spotler_newer = (
+        contact.last_changed is not None and row.modified_on is not None and contact.last_changed > row.modified_on
+    )
+    dynamics_wins = options.conflict_winner == "dynamics" or not spotler_newer
+
+    for f in mapping.fields:
+        if not f.direction.pulls:
+            continue
+        sp_value = contact.properties.get(f.spotler)
+        try:
+            sp_c = canonical(f, sp_value)
+            dv_c = canonical(f, to_spotler(f, attrs.get(f.dataverse)))
+        except ConversionError:
+            acc.conflicts.append(f"{f.spotler}: value cannot be converted; not pulled")
+            continue
+        sp_h, dv_h = value_hash(key, sp_c), value_hash(key, dv_c)
+        old = link.base.get(f.key)
+        if sp_h == old or sp_c == dv_c:
+            if sp_c == dv_c:
+                acc.base[f.key] = sp_h
+            continue  # Spotler has no news for this field (an echo of our own write, or already equal).
+        if is_blank(sp_value) and not f.is_set and not _clears(f.blank, options):
+            continue  # Spotler blanked it and the policy keeps Dynamics' value.
+        dynamics_changed = old is not None and dv_h != old
+        if f.direction is Direction.BOTH and dynamics_changed:
+            acc.conflicts.append(f.spotler)
+            if dynamics_wins:
+                acc.fix_props[f.spotler] = to_spotler(f, attrs.get(f.dataverse))
+                acc.base[f.key] = dv_h
+                continue
+        try:
+            acc.changes[f.dataverse] = to_dataverse(f, sp_value)
+        except ConversionError:
+            acc.conflicts.append(f"{f.spotler}: value cannot be converted; not pulled")
+            continue
+        acc.base[f.key] = sp_h
+
+    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row)
+
+    new_base = dict(link.base)
+    new_base.update(acc.base)
+    real_conflicts = tuple(c for c in acc.conflicts if ":" not in c)
+    if real_conflicts:
+        reason, detail = ReasonCode.CONFLICT_RESOLVED, "both sides changed " + ", ".join(real_conflicts)
+    elif acc.changes:
+        reason, detail = ReasonCode.UPDATED, "updated in Dynamics from Spotler: " + ", ".join(sorted(acc.changes))
+    else:
+        reason, detail = link.reason or ReasonCode.SYNCED, link.detail or "already in sync"
+    last_changed = contact.last_changed or link.spotler_last_changed
+    email = normalize_email(attrs.get(mapping.email_attribute))
+    new_link = dataclasses.replace(
+        link,
+        base=new_base,
+        spotler_last_changed=last_changed,
+        email_hash=email_hash(key, email) if email else link.email_hash,
+        reason=reason,
+        detail=detail,
+        last_attempt=now,
+    )
+    fix = (
+        SpotlerContact(external_id=link.external_id, properties=acc.fix_props, permissions=acc.fix_perms)
+        if acc.fix_props or acc.fix_perms
+        else None
+    )
+    return PullPlan(
+        acc.changes,
+        reason,
+        detail,
+        new_link,
+        etag=row.etag,
+        spotler_fix=fix,
+        suppress=tomb,
+        conflicts=tuple(acc.conflicts),
+    )
+
+
+def _clears(blank: str | None, options: PushOptions) -> bool:
+    return blank == "clear" if blank is not None else options.purge_when_not_set
+
+
+def _permissions(
+    contact: SpotlerContact,
+    link: LinkState,
+    mapping: EntityMapping,
+    attrs: Mapping[str, AttrValue],
+    options: PushOptions,
+    acc: _Acc,
+    now: datetime,
+    row: DataverseRow,
+) -> Suppression | None:
+    """Subscriptions flow back: an opt-out in Spotler always wins; an opt-in there is the person's own act."""
+    key = options.hash_key
+    dnbe = attrs.get(mapping.donotbulkemail_attribute) is True
+    for p in mapping.permissions:
+        if not p.direction.pulls:
+            continue
+        sp_on = False if contact.opted_out else contact.permissions.get(p.bit, False)
+        dv_on = (not dnbe) if p.source == "not_donotbulkemail" else (not dnbe and attrs.get(p.dataverse or "") is True)
+        sp_h = value_hash(key, sp_on)
+        old = link.base.get(p.key)
+        if sp_h == old or sp_on == dv_on:
+            if sp_on == dv_on:
+                acc.base[p.key] = sp_h
+            continue
+        dynamics_changed = old is not None and value_hash(key, dv_on) != old
+        if dynamics_changed and sp_on and p.direction is Direction.BOTH:
+            # Dynamics withdrew consent while Spotler still shows it: the opt-out wins, Spotler is corrected.
+            acc.conflicts.append(f"permission {p.bit}")
+            acc.fix_perms[p.bit] = False
+            acc.base[p.key] = value_hash(key, False)
+            continue
+        if p.source == "not_donotbulkemail":
+            acc.changes[mapping.donotbulkemail_attribute] = not sp_on
+        elif p.dataverse:
+            acc.changes[p.dataverse] = sp_on
+        acc.base[p.key] = sp_h
+    if contact.opted_out and link.email_hash:
+        return Suppression(link.email_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
+    return None

@@ -1,0 +1,422 @@
+"""The push decision: what one Dataverse change means for Spotler — create, update, anonymize or skip, and why.
+
+`plan_push` is pure: everything it needs (the row, the link, the current Spotler contact, the tombstone,
+the other rows that share the contact, the time) comes in as arguments, and the plan says what to write
+and what to remember. The push service only carries the plan out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from sync_core.consent import email_hash, normalize_email
+from sync_core.convert import ConversionError, canonical, is_blank, to_spotler, value_hash
+from sync_core.eligibility import (
+    excluded_by,
+    is_active,
+    is_qualified_lead,
+    wants_no_bulk_email,
+    wants_no_email,
+)
+from sync_core.mapping import Direction, EntityMapping, FieldMapping, PermissionMapping
+from sync_core.reasons import ReasonCode
+from sync_core.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
+from sync_core.state_model import LinkState, Suppression, SuppressionCause
+
+# Which table's row speaks for a person when several rows share one Spotler contact (see docs/identity.md).
+ENTITY_PRECEDENCE: Mapping[EntityName, int] = {"contact": 0, "lead": 1, "account": 2}
+
+
+class PushAction(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    ANONYMIZE = "anonymize"
+    RELINK = "relink"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    """Settings that shape push decisions."""
+
+    hash_key: bytes
+    anonymize_on_deactivate: bool = True
+    purge_when_not_set: bool = False
+    conflict_winner: Literal["dynamics", "most_recent"] = "dynamics"
+
+
+@dataclass(frozen=True, slots=True)
+class PushInput:
+    """Everything known about one Dataverse change when it is planned.
+
+    `attributes` is None when the row no longer exists. `spotler` is the contact at the linked (or the
+    record's own) externalId; `email_match` a contact found by e-mail when neither exists; `peers` the
+    other links that share the Spotler contact; `master_attributes` the surviving row of a merge.
+    """
+
+    entity: EntityName
+    record_id: str
+    kind: ChangeKind
+    attributes: Mapping[str, AttrValue] | None
+    now: datetime
+    changed: frozenset[str] = frozenset()
+    modified_on: datetime | None = None
+    version: int | None = None
+    link: LinkState | None = None
+    spotler: SpotlerContact | None = None
+    email_match: SpotlerContact | None = None
+    suppression: Suppression | None = None
+    peers: Sequence[LinkState] = ()
+    merged_into: str | None = None
+    master_attributes: Mapping[str, AttrValue] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushPlan:
+    """What to do in Spotler and what to remember afterwards.
+
+    `record_status` is False for events that say nothing new about the record (stale or duplicate
+    deliveries): they leave its status alone. `link` is None when nothing is to be remembered.
+    """
+
+    action: PushAction
+    reason: ReasonCode
+    detail: str
+    external_id: str | None = None
+    contact: SpotlerContact | None = None
+    link: LinkState | None = None
+    suppress: Suppression | None = None
+    lift_suppression: str | None = None
+    relink_to: str | None = None
+    conflicts: tuple[str, ...] = ()
+    record_status: bool = True
+
+
+@dataclass(slots=True)
+class _Desired:
+    properties: dict[str, PropValue] = field(default_factory=dict)
+    permissions: dict[int, bool] = field(default_factory=dict)
+    base: dict[str, str] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _skip(reason: ReasonCode, detail: str, inp: PushInput, *, link: LinkState | None = None) -> PushPlan:
+    current = link if link is not None else inp.link
+    new_link = (
+        dataclasses.replace(current, reason=reason, detail=detail, last_attempt=inp.now, failures=0, next_retry=None)
+        if current is not None
+        else None
+    )
+    return PushPlan(
+        PushAction.NONE, reason, detail, external_id=current.external_id if current else None, link=new_link
+    )
+
+
+def _is_stale(inp: PushInput) -> bool:
+    link = inp.link
+    if link is None:
+        return False
+    if inp.version is not None and link.dv_version is not None and inp.version < link.dv_version:
+        return True
+    return inp.modified_on is not None and link.dv_modified_on is not None and inp.modified_on < link.dv_modified_on
+
+
+def _advance(link: LinkState, inp: PushInput) -> LinkState:
+    """The link with the event's ordering data applied (never moving backwards)."""
+    version = link.dv_version
+    if inp.version is not None and (version is None or inp.version > version):
+        version = inp.version
+    modified = link.dv_modified_on
+    if inp.modified_on is not None and (modified is None or inp.modified_on > modified):
+        modified = inp.modified_on
+    return dataclasses.replace(link, dv_version=version, dv_modified_on=modified, last_attempt=inp.now)
+
+
+def _owner_peer(inp: PushInput) -> LinkState | None:
+    """A peer that outranks this record for the shared Spotler contact, if any."""
+    mine = (ENTITY_PRECEDENCE[inp.entity], inp.record_id)
+    for peer in sorted(inp.peers, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)):
+        if peer.anonymized or (peer.entity, peer.record_id) == (inp.entity, inp.record_id):
+            continue
+        if (ENTITY_PRECEDENCE[peer.entity], peer.record_id) < mine:
+            return peer
+    return None
+
+
+def _active_peers(inp: PushInput) -> list[LinkState]:
+    return [p for p in inp.peers if not p.anonymized and (p.entity, p.record_id) != (inp.entity, inp.record_id)]
+
+
+def _permission_value(perm: PermissionMapping, mapping: EntityMapping, attrs: Mapping[str, AttrValue]) -> bool:
+    if wants_no_bulk_email(mapping, attrs):
+        return False  # Do Not Bulk Email turns every mapped permission off.
+    if perm.source == "not_donotbulkemail":
+        return True
+    return attrs.get(perm.dataverse or "") is True
+
+
+def explicit_opt_in(
+    inp: PushInput, mapping: EntityMapping, attrs: Mapping[str, AttrValue], cause: SuppressionCause
+) -> bool:
+    """Did this very event, made in Dynamics, opt the person back in?
+
+    Clearing Do Not Email / Do Not Bulk Email or ticking a mapped subscription column counts; for a
+    tombstone left by deactivation, reactivating the record counts too. Replays and backfills do not.
+    """
+    if inp.kind not in (ChangeKind.UPDATE, ChangeKind.SET_STATE, ChangeKind.CREATE):
+        return False
+    if wants_no_email(mapping, attrs):
+        return False
+    changed = inp.changed
+    if mapping.donotemail_attribute in changed or (
+        mapping.donotbulkemail_attribute in changed and not wants_no_bulk_email(mapping, attrs)
+    ):
+        return True
+    if any(p.dataverse in changed and attrs.get(p.dataverse) is True for p in mapping.permissions if p.dataverse):
+        return True
+    return cause is SuppressionCause.ANONYMIZED and "statecode" in changed and is_active(attrs)
+
+
+def _desired(
+    inp: PushInput,
+    mapping: EntityMapping,
+    options: PushOptions,
+    attrs: Mapping[str, AttrValue],
+    current: SpotlerContact | None,
+    creating: bool,
+) -> _Desired:
+    """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge."""
+    out = _Desired()
+    base = dict(inp.link.base) if inp.link is not None else {}
+    key = options.hash_key
+    current_props: Mapping[str, PropValue] = current.properties if current is not None else {}
+    dynamics_wins = options.conflict_winner == "dynamics"
+    spotler_newer = (
+        current is not None
+        and current.last_changed is not None
+        and inp.modified_on is not None
+        and current.last_changed > inp.modified_on
+    )
+
+    for f in mapping.fields:
+        if f.direction is Direction.TO_DYNAMICS or (f.create_only and not creating):
+            continue
+        try:
+            want = to_spotler(f, attrs.get(f.dataverse))
+        except ConversionError:
+            out.conflicts.append(f"{f.dataverse}: value cannot be converted; not sent")
+            continue
+        have = current_props.get(f.spotler)
+        want_c, have_c = canonical(f, want), canonical(f, have)
+        want_h, have_h = value_hash(key, want_c), value_hash(key, have_c)
+        if is_blank(want) and not f.is_set and not _clears(f, options):
+            continue  # blank and the policy keeps Spotler's value
+        if want_c == have_c:
+            out.base[f.key] = want_h
+            continue
+        if f.direction is Direction.BOTH and not creating:
+            old = base.get(f.key)
+            dynamics_changed = old is None or want_h != old
+            spotler_changed = old is not None and have_h != old
+            if not dynamics_changed and spotler_changed:
+                continue  # Spotler changed it; the pull brings it to Dynamics.
+            if dynamics_changed and spotler_changed:
+                out.conflicts.append(f.spotler)
+                if not dynamics_wins and spotler_newer:
+                    continue
+        _put(out, f, want)
+        out.base[f.key] = want_h
+
+    for p in mapping.permissions:
+        if not p.direction.pushes:
+            continue
+        want_on = _permission_value(p, mapping, attrs)
+        have_on = current.permissions.get(p.bit, False) if current is not None else False
+        want_h = value_hash(key, want_on)
+        if creating or want_on != have_on:
+            if not creating and want_on and p.direction is Direction.BOTH:
+                old = base.get(p.key)
+                if old is not None and want_h == old:
+                    continue  # Dynamics did not ask to subscribe; Spotler's opt-out stands (the pull applies it).
+            out.permissions[p.bit] = want_on
+        out.base[p.key] = want_h
+    return out
+
+
+def _clears(f: FieldMapping, options: PushOptions) -> bool:
+    return f.blank == "clear" if f.blank is not None else options.purge_when_not_set
+
+
+def _put(out: _Desired, f: FieldMapping, value: PropValue) -> None:
+    if f.is_set and isinstance(value, dict):
+        existing = out.properties.get(f.spotler)
+        merged = dict(existing) if isinstance(existing, dict) else {}
+        merged.update(value)
+        out.properties[f.spotler] = merged
+    else:
+        out.properties[f.spotler] = value
+
+
+def _anonymize(inp: PushInput, detail: str, cause: SuppressionCause, email_h: str | None, external_id: str) -> PushPlan:
+    link = inp.link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
+    new_link = dataclasses.replace(
+        _advance(link, inp),
+        anonymized=True,
+        base={},
+        email_hash=email_h or link.email_hash,
+        reason=ReasonCode.ANONYMIZED,
+        detail=detail,
+        failures=0,
+        next_retry=None,
+    )
+    tomb_hash = email_h or link.email_hash
+    tomb = Suppression(tomb_hash, cause, inp.entity, inp.record_id, inp.now) if tomb_hash is not None else None
+    already = inp.link is not None and inp.link.anonymized
+    exists = inp.spotler is not None
+    action = PushAction.ANONYMIZE if exists and not already else PushAction.NONE
+    return PushPlan(action, ReasonCode.ANONYMIZED, detail, external_id=external_id, link=new_link, suppress=tomb)
+
+
+def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> PushPlan:
+    """Decide what a Dataverse change means for Spotler."""
+    if _is_stale(inp):
+        return PushPlan(PushAction.NONE, ReasonCode.SYNCED, "stale event ignored", record_status=False)
+
+    link = inp.link
+    external_id = (
+        link.external_id
+        if link is not None
+        else (inp.email_match.external_id if inp.email_match is not None and inp.spotler is None else inp.record_id)
+    )
+    attrs = inp.attributes
+
+    # Deleted: anonymize unless another live record still uses the Spotler contact.
+    if attrs is None or inp.kind is ChangeKind.DELETE:
+        if link is None and inp.spotler is None:
+            return PushPlan(PushAction.NONE, ReasonCode.SYNCED, "deleted; never synced", record_status=False)
+        peers = _active_peers(inp)
+        if peers:
+            detail = f"deleted; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
+            unlinked = dataclasses.replace(_advance(link, inp), anonymized=True) if link else None
+            return PushPlan(PushAction.NONE, ReasonCode.SYNCED, detail, external_id=external_id, link=unlinked)
+        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, None, external_id)
+
+    email = normalize_email(attrs.get(mapping.email_attribute))
+    email_h = email_hash(options.hash_key, email) if email else None
+
+    # Merged away: the master carries the person on when it holds the same e-mail.
+    if inp.merged_into is not None and inp.master_attributes is not None:
+        master_email = normalize_email(inp.master_attributes.get(mapping.email_attribute))
+        if email and master_email and master_email.casefold() == email.casefold():
+            detail = f"merged into {inp.entity} {inp.merged_into}; Spotler contact relinked"
+            moved = (
+                dataclasses.replace(_advance(link, inp), anonymized=True, reason=ReasonCode.SYNCED, detail=detail)
+                if link
+                else None
+            )
+            return PushPlan(
+                PushAction.RELINK,
+                ReasonCode.SYNCED,
+                detail,
+                external_id=external_id,
+                link=moved,
+                relink_to=inp.merged_into,
+            )
+
+    if wants_no_email(mapping, attrs):
+        if inp.spotler is not None or (link is not None and not link.anonymized):
+            return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, email_h, external_id)
+        tomb = Suppression(email_h, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now) if email_h else None
+        plan = _skip(ReasonCode.SUPPRESSED, "Do Not Email is set; not sent to Spotler", inp)
+        return dataclasses.replace(plan, suppress=tomb)
+
+    if not is_active(attrs):
+        if is_qualified_lead(inp.entity, attrs) and not mapping.anonymize_closed_leads:
+            return _skip(ReasonCode.INACTIVE, "qualified lead; the person lives on as a contact", inp)
+        if options.anonymize_on_deactivate and (inp.spotler is not None or link is not None):
+            peers = _active_peers(inp)
+            if peers:
+                return _skip(
+                    ReasonCode.INACTIVE,
+                    f"inactive; Spotler contact kept for {peers[0].entity} {peers[0].record_id}",
+                    inp,
+                )
+            return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, email_h, external_id)
+        return _skip(ReasonCode.INACTIVE, "record is inactive", inp)
+
+    exclusion = excluded_by(mapping, attrs)
+    if exclusion is not None:
+        return _skip(ReasonCode.EXCLUDED_BY_FILTER, exclusion.description, inp)
+    if email is None:
+        return _skip(ReasonCode.NO_VALID_EMAIL, "no valid e-mail address", inp)
+
+    current = inp.spotler if inp.spotler is not None else inp.email_match
+    if current is not None and current.opted_out:
+        return _skip(ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler; nothing is written", inp)
+
+    lift: str | None = None
+    tombstone = inp.suppression
+    if tombstone is not None:
+        if not explicit_opt_in(inp, mapping, attrs, tombstone.cause):
+            return _skip(
+                ReasonCode.SUPPRESSED, f"suppressed ({tombstone.cause.value}); needs a new opt-in in Dynamics", inp
+            )
+        lift = tombstone.email_hash
+    elif link is not None and link.anonymized and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED):
+        return _skip(ReasonCode.SUPPRESSED, "anonymized; needs a new opt-in in Dynamics", inp)
+
+    owner = _owner_peer(inp)
+    if owner is not None:
+        detail = f"shares its Spotler contact with {owner.entity} {owner.record_id}, which takes precedence"
+        return _skip(ReasonCode.SYNCED, detail, inp)
+
+    recreate = current is None or (link is not None and link.anonymized)
+    creating = current is None
+    desired = _desired(inp, mapping, options, attrs, None if recreate and current is None else current, creating)
+    base_link = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
+    merged_base = {} if recreate and link is not None and link.anonymized else dict(base_link.base)
+    merged_base.update(desired.base)
+
+    if creating:
+        action, reason, detail = PushAction.CREATE, ReasonCode.CREATED, "created in Spotler"
+    elif desired.properties or desired.permissions:
+        action, reason, detail = PushAction.UPDATE, ReasonCode.UPDATED, "updated in Spotler"
+        if inp.email_match is not None and link is None and inp.spotler is None:
+            detail = "paired by e-mail with an existing Spotler contact; updated"
+    else:
+        action, reason, detail = PushAction.NONE, ReasonCode.SYNCED, "already in sync"
+    if desired.conflicts and any(c for c in desired.conflicts if ":" not in c):
+        reason = ReasonCode.CONFLICT_RESOLVED
+        detail = "both sides changed " + ", ".join(c for c in desired.conflicts if ":" not in c)
+
+    contact = (
+        SpotlerContact(external_id=external_id, properties=desired.properties, permissions=desired.permissions)
+        if action in (PushAction.CREATE, PushAction.UPDATE)
+        else None
+    )
+    new_link = dataclasses.replace(
+        _advance(base_link, inp),
+        external_id=external_id,
+        email_hash=email_h,
+        base=merged_base,
+        anonymized=False,
+        reason=reason,
+        detail=detail,
+        failures=0,
+        next_retry=None,
+    )
+    return PushPlan(
+        action,
+        reason,
+        detail,
+        external_id=external_id,
+        contact=contact,
+        link=new_link,
+        lift_suppression=lift,
+        conflicts=tuple(desired.conflicts),
+    )

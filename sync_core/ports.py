@@ -1,0 +1,164 @@
+"""The ports the services talk to. Each has a real adapter and an honest in-memory fake."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sync_core.records import (
+    AttrValue,
+    BulkItemResult,
+    DataverseRow,
+    EntityName,
+    RowUpdate,
+    RowUpdateResult,
+    SpotlerContact,
+    SpotlerProperty,
+    UpdatesPage,
+)
+from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
+
+
+class SpotlerGateway(Protocol):
+    """Spotler Mail+ contact operations (REST API, OAuth 1.0a two-legged)."""
+
+    async def list_properties(self) -> list[SpotlerProperty]: ...
+
+    async def get_contact(self, external_id: str) -> SpotlerContact | None:
+        """The contact, or None when Spotler answers 404."""
+        ...
+
+    async def insert_contact(self, contact: SpotlerContact, *, update: bool, purge: bool) -> None:
+        """POST /contact; with update=True an upsert by externalId."""
+        ...
+
+    async def insert_contacts(
+        self, contacts: Sequence[SpotlerContact], *, update: bool, purge: bool
+    ) -> list[BulkItemResult]:
+        """POST /contact/list, at most 100 contacts; per-item results."""
+        ...
+
+    async def update_contact(self, contact: SpotlerContact, *, purge: bool) -> None:
+        """PUT /contact/{externalId}; NotFoundError when it does not exist."""
+        ...
+
+    async def anonymize_contact(self, external_id: str) -> None: ...
+
+    async def get_updates_page(
+        self, *, from_date: datetime, to_date: datetime, after: int, page_size: int
+    ) -> UpdatesPage:
+        """One page of GET /contact/updates/list for [from_date, to_date)."""
+        ...
+
+    async def search_by_email(self, email: str, *, page_size: int = 10) -> list[SpotlerContact]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class DataverseGateway(Protocol):
+    """Dataverse Web API operations on contact, lead and account rows."""
+
+    async def get_row(self, entity: EntityName, record_id: str, columns: Sequence[str]) -> DataverseRow | None:
+        """The row with `columns` selected, or None when it does not exist."""
+        ...
+
+    def iter_pages(
+        self,
+        entity: EntityName,
+        columns: Sequence[str],
+        *,
+        filter_expr: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[list[DataverseRow]]:
+        """Rows page by page, following @odata.nextLink."""
+        ...
+
+    async def update_row(
+        self, entity: EntityName, record_id: str, changes: Mapping[str, AttrValue], *, etag: str | None = None
+    ) -> None:
+        """PATCH update-only (If-Match: etag, or * when none): never creates a row."""
+        ...
+
+    async def update_rows(self, updates: Sequence[RowUpdate]) -> list[RowUpdateResult]:
+        """Several updates in one $batch, each in its own change set; results in the same order."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class ConcurrencyConflict(Exception):
+    """A conditional write lost: the stored row changed (or appeared) since it was read."""
+
+
+class StateStore(Protocol):
+    """Links, suppressions, watermarks, status history, dead letters and delivery claims."""
+
+    async def ensure_ready(self) -> None:
+        """Create the tables if they do not exist (idempotent)."""
+        ...
+
+    async def get_link(self, entity: EntityName, record_id: str) -> LinkState | None: ...
+
+    async def links_for_external_id(self, external_id: str) -> list[LinkState]:
+        """Every link whose Spotler contact is `external_id` (usually one)."""
+        ...
+
+    async def links_for_email_hash(self, email_hash: str) -> list[LinkState]:
+        """Every link whose last synced e-mail has this keyed hash."""
+        ...
+
+    async def save_link(self, link: LinkState) -> LinkState:
+        """Insert (etag None) or replace if unchanged (etag set); ConcurrencyConflict otherwise.
+
+        Returns the link with its new etag and keeps the external-id and e-mail-hash lookups current.
+        """
+        ...
+
+    async def get_suppression(self, email_hash: str) -> Suppression | None: ...
+
+    async def put_suppression(self, suppression: Suppression) -> None: ...
+
+    async def delete_suppression(self, email_hash: str) -> None: ...
+
+    async def get_watermark(self, name: str) -> Watermark | None: ...
+
+    async def save_watermark(self, watermark: Watermark) -> Watermark:
+        """Insert (etag None) or replace if unchanged; ConcurrencyConflict otherwise."""
+        ...
+
+    async def append_status(self, entry: StatusEntry, *, keep: int = 20) -> None:
+        """Add an outcome to the record's history, keeping only the newest `keep`."""
+        ...
+
+    async def list_status(self, entity: EntityName, record_id: str, *, limit: int = 20) -> list[StatusEntry]:
+        """The record's history, newest first."""
+        ...
+
+    async def put_dead_letter(self, dead_letter: DeadLetter) -> None: ...
+
+    async def get_dead_letter(self, entity: EntityName, event_id: str) -> DeadLetter | None: ...
+
+    async def delete_dead_letter(self, entity: EntityName, event_id: str) -> None: ...
+
+    async def list_dead_letters(self, *, due_before: datetime | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first; with `due_before`, only those whose next_retry is due."""
+        ...
+
+    async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
+        """Claim an event's idempotency key for `owner` (a queue message id).
+
+        True when newly claimed, when `owner` already holds it (a redelivery of the same message) or when
+        it was released; False when another owner holds or completed it (a duplicate delivery).
+        """
+        ...
+
+    async def complete_delivery(self, key: str, *, owner: str, now: datetime) -> None:
+        """Mark the claimed key done: later duplicates are recognised."""
+        ...
+
+    async def release_delivery(self, key: str, *, owner: str) -> None:
+        """Give the claim up after a failure so that a retry can claim it again."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Push, pull and replay orchestration over the ports."""

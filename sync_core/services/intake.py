@@ -1,0 +1,81 @@
+"""Webhook intake: authenticate, parse and persist a Dataverse delivery before answering it.
+
+A 202 means the event is in the queue. Nothing is persisted for a rejected request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from sync_core.dataverse.auth import WebhookAuthenticator
+from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
+from sync_core.event_codec import encode_event
+from sync_core.mapping import MappingConfig
+
+log = logging.getLogger("sync_core.intake")
+
+
+class EventSink(Protocol):
+    """Where accepted events go (an Azure Storage queue)."""
+
+    async def send(self, message: str) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    status: int
+    message: str
+    message_id: str | None = None
+
+
+class WebhookIntake:
+    """Turns an HTTP delivery into a queued change event, or a clear refusal."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: WebhookAuthenticator,
+        sink: EventSink,
+        max_bytes: int,
+        mapping: MappingConfig,
+        app_user_id: str | None = None,
+    ) -> None:
+        self._auth = authenticator
+        self._sink = sink
+        self._max_bytes = max_bytes
+        self._mapping = mapping
+        self._app_user = app_user_id.lower() if app_user_id else None
+
+    async def accept(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> IntakeResult:
+        if not self._auth.verify(query, headers):
+            return IntakeResult(401, "unauthorized")
+        if len(body) > self._max_bytes:
+            return IntakeResult(413, f"payload larger than {self._max_bytes} bytes")
+        try:
+            event = parse_delivery(body, headers)
+        except UnsupportedMessage as exc:
+            return IntakeResult(200, f"ignored: {exc}")
+        except WebhookPayloadError as exc:
+            return IntakeResult(400, str(exc))
+        if self._mapping.for_entity(event.entity) is None:
+            return IntakeResult(200, f"ignored: {event.entity} is not mapped")
+        if self._app_user is not None and self._app_user in {
+            (event.initiating_user_id or "").lower(),
+            (event.user_id or "").lower(),
+        }:
+            return IntakeResult(200, "ignored: change made by the connector itself")
+        try:
+            message_id = await self._sink.send(encode_event(event))
+        except Exception:
+            log.exception("event could not be queued", extra={"entity": event.entity, "record_id": event.record_id})
+            return IntakeResult(503, "event could not be stored; retry")
+        log.info(
+            "event accepted",
+            extra={"entity": event.entity, "record_id": event.record_id, "kind": event.kind.value},
+        )
+        return IntakeResult(202, "accepted", message_id)

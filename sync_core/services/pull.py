@@ -1,0 +1,260 @@
+"""Pull: bring Spotler changes since the watermark to Dataverse, page by page, then replay due dead letters."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sync_core.errors import PermanentError, SyncError
+from sync_core.event_codec import EventDecodeError, event_from_dict
+from sync_core.mapping import MappingConfig
+from sync_core.merge import PullPlan, plan_pull
+from sync_core.plan import PushOptions
+from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
+from sync_core.reasons import ReasonCode
+from sync_core.records import EventSource, RowUpdate, SpotlerContact
+from sync_core.services.push import PushService, RetryLater, backoff_delay
+from sync_core.state_model import StatusEntry, Watermark
+
+log = logging.getLogger("sync_core.pull")
+
+WATERMARK_NAME = "spotler-contacts"
+
+
+@dataclass(frozen=True, slots=True)
+class PullOptions:
+    overlap: timedelta = timedelta(minutes=10)
+    initial_lookback: timedelta = timedelta(hours=24)
+    page_size: int = 500
+    run_lease: timedelta = timedelta(minutes=10)
+    max_replays: int = 6
+
+
+@dataclass(slots=True)
+class PullReport:
+    started: bool = True
+    completed: bool = False
+    pages: int = 0
+    contacts: int = 0
+    rows_updated: int = 0
+    spotler_fixes: int = 0
+    conflicts: int = 0
+    failed_rows: int = 0
+    replayed: int = 0
+    replay_failures: int = 0
+    watermark: datetime | None = None
+    note: str = ""
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class PullService:
+    """Runs the Spotler -> Dynamics pull; safe against overlapping runs and restarts."""
+
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        spotler: SpotlerGateway,
+        dataverse: DataverseGateway,
+        mapping: MappingConfig,
+        options: PushOptions,
+        pull_options: PullOptions,
+        clock: Callable[[], datetime],
+        push: PushService | None = None,
+    ) -> None:
+        self._state = state
+        self._spotler = spotler
+        self._dataverse = dataverse
+        self._mapping = mapping
+        self._options = options
+        self._pull = pull_options
+        self._clock = clock
+        self._push = push
+
+    async def run(self, *, max_pages: int | None = None) -> PullReport:
+        """One pull run. `max_pages` stops early (as a cut-off run would); the next run resumes there."""
+        report = PullReport()
+        now = self._clock()
+        watermark = await self._begin(now, report)
+        if watermark is None:
+            return report
+        while True:
+            if max_pages is not None and report.pages >= max_pages:
+                report.note = "stopped before the end of the feed; the next run resumes"
+                report.watermark = watermark.value
+                return report
+            assert watermark.run_from is not None
+            assert watermark.run_to is not None
+            page = await self._spotler.get_updates_page(
+                from_date=watermark.run_from,
+                to_date=watermark.run_to,
+                after=watermark.run_after,
+                page_size=self._pull.page_size,
+            )
+            await self._apply_page(page.contacts, report)
+            report.pages += 1
+            report.contacts += len(page.contacts)
+            high = watermark.run_high
+            for contact in page.contacts:
+                if contact.last_changed is not None and (high is None or contact.last_changed > high):
+                    high = contact.last_changed
+            next_after = page.next_after
+            watermark = dataclasses.replace(
+                watermark,
+                run_after=next_after if next_after is not None else watermark.run_after + len(page.contacts),
+                run_high=high,
+                run_started=self._clock(),
+            )
+            if next_after is None:
+                break
+            watermark = await self._state.save_watermark(watermark)
+        finished = dataclasses.replace(
+            watermark,
+            value=_latest(watermark.value, watermark.run_high),
+            run_from=None,
+            run_to=None,
+            run_after=0,
+            run_high=None,
+            run_id="",
+            run_started=None,
+        )
+        finished = await self._state.save_watermark(finished)
+        report.completed = True
+        report.watermark = finished.value
+        await self.replay_due(report)
+        return report
+
+    async def _begin(self, now: datetime, report: PullReport) -> Watermark | None:
+        current = await self._state.get_watermark(WATERMARK_NAME) or Watermark(name=WATERMARK_NAME)
+        if current.in_progress and current.run_started is not None and now - current.run_started < self._pull.run_lease:
+            report.started = False
+            report.note = "another pull run is in progress"
+            return None
+        if not current.in_progress:
+            start = (current.value - self._pull.overlap) if current.value else now - self._pull.initial_lookback
+            current = dataclasses.replace(
+                current,
+                run_from=start,
+                run_to=now,
+                run_after=0,
+                run_high=current.value,
+                run_id=uuid.uuid4().hex,
+                run_started=now,
+            )
+        else:
+            current = dataclasses.replace(current, run_id=uuid.uuid4().hex, run_started=now)
+        try:
+            return await self._state.save_watermark(current)
+        except ConcurrencyConflict:
+            report.started = False
+            report.note = "another pull run claimed the watermark first"
+            return None
+
+    async def _apply_page(self, contacts: tuple[SpotlerContact, ...], report: PullReport) -> None:
+        """Apply one page; raises (without moving the watermark) when a change could not be applied yet."""
+        plans: list[tuple[PullPlan, str]] = []
+        now = self._clock()
+        for contact in contacts:
+            for link in await self._state.links_for_external_id(contact.external_id):
+                mapping = self._mapping.for_entity(link.entity)
+                if mapping is None:
+                    continue
+                row = await self._dataverse.get_row(link.entity, link.record_id, mapping.columns())
+                plan = plan_pull(contact, link, row, mapping, self._options, now)
+                if plan.skipped:
+                    continue
+                plans.append((plan, contact.external_id))
+        updates = [RowUpdate(p.link.entity, p.link.record_id, p.changes, etag=p.etag) for p, _ in plans if p.changes]
+        results = {(r.entity, r.record_id): r for r in await self._dataverse.update_rows(updates)} if updates else {}
+        for plan, _external_id in plans:
+            link = plan.link
+            result = results.get((link.entity, link.record_id))
+            if result is not None and not result.ok:
+                if result.status in (412, 429) or result.status >= 500:
+                    raise RetryLater(f"Dataverse update of {link.entity} {link.record_id} answered {result.status}")
+                report.failed_rows += 1
+                await self._status(link.entity, link.record_id, ReasonCode.PERMANENT_ERROR, result.message, now)
+                continue
+            if plan.spotler_fix is not None:
+                await self._spotler.update_contact(plan.spotler_fix, purge=False)
+                report.spotler_fixes += 1
+            if plan.suppress is not None:
+                await self._state.put_suppression(plan.suppress)
+            await self._state.save_link(plan.link)
+            if plan.changes:
+                report.rows_updated += 1
+            if plan.conflicts:
+                report.conflicts += 1
+            if plan.changes or plan.spotler_fix or plan.conflicts:
+                await self._status(link.entity, link.record_id, plan.reason, plan.detail, now, link.external_id)
+            report.reasons[plan.reason.value] = report.reasons.get(plan.reason.value, 0) + 1
+
+    async def _status(
+        self,
+        entity: str,
+        record_id: str,
+        reason: ReasonCode,
+        detail: str,
+        now: datetime,
+        external_id: str | None = None,
+    ) -> None:
+        assert entity in ("contact", "lead", "account")
+        await self._state.append_status(
+            StatusEntry(entity, record_id, now, reason, "pull", detail, external_id)  # type: ignore[arg-type]
+        )
+
+    async def replay_due(self, report: PullReport | None = None) -> PullReport:
+        """Retry dead letters whose next attempt is due; each failure pushes the next attempt further out."""
+        report = report or PullReport()
+        if self._push is None:
+            return report
+        now = self._clock()
+        for letter in await self._state.list_dead_letters(due_before=now, limit=50):
+            ok = await self.replay(letter.entity, letter.event_id)
+            if ok:
+                report.replayed += 1
+            else:
+                report.replay_failures += 1
+        return report
+
+    async def replay(self, entity: str, event_id: str) -> bool:
+        """Replay one dead letter now; True when it was applied (and removed)."""
+        if self._push is None:
+            return False
+        assert entity in ("contact", "lead", "account")
+        letter = await self._state.get_dead_letter(entity, event_id)  # type: ignore[arg-type]
+        if letter is None:
+            return False
+        now = self._clock()
+        try:
+            event = dataclasses.replace(event_from_dict(dict(letter.event)), source=EventSource.REPLAY)
+        except EventDecodeError:
+            return False
+        try:
+            outcome = await self._push.handle(event, owner=f"replay:{event_id}:{letter.replays}")
+        except (RetryLater, SyncError) as exc:
+            replays = letter.replays + 1
+            due = now + backoff_delay(replays + 1) if replays < self._pull.max_replays else None
+            await self._state.put_dead_letter(
+                dataclasses.replace(letter, replays=replays, last_failed=now, next_retry=due, message=str(exc)[:1000])
+            )
+            return False
+        if outcome.reason is ReasonCode.PERMANENT_ERROR:
+            return False
+        await self._state.delete_dead_letter(letter.entity, letter.event_id)
+        return True
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+__all__ = ["WATERMARK_NAME", "PermanentError", "PullOptions", "PullReport", "PullService"]

@@ -1,0 +1,296 @@
+"""Push: apply one accepted Dataverse change to Spotler, remember the outcome, and say why."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sync_core.consent import email_hash, normalize_email
+from sync_core.errors import NotFoundError, PermanentError, SyncError
+from sync_core.event_codec import event_to_dict
+from sync_core.mapping import EntityMapping, MappingConfig
+from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
+from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
+from sync_core.reasons import ReasonCode
+from sync_core.records import AttrValue, ChangeEvent, ChangeKind, SpotlerContact
+from sync_core.state_model import DeadLetter, LinkState, StatusEntry
+
+log = logging.getLogger("sync_core.push")
+
+
+class RetryLater(Exception):
+    """A transient failure: the event must be delivered again (the queue retries, then dead-letters)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    action: str
+    reason: ReasonCode | None
+    detail: str
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusColumns:
+    """Dataverse columns that receive the Spotler status (None: not written)."""
+
+    reason: str | None = None
+    detail: str | None = None
+
+
+def backoff_delay(attempt: int, *, base_seconds: float = 60.0, cap_seconds: float = 6 * 3600.0) -> timedelta:
+    """Exponential delay before the next automatic retry of a dead letter."""
+    return timedelta(seconds=min(cap_seconds, base_seconds * (2 ** max(0, attempt - 1))))
+
+
+class PushService:
+    """Carries out push plans against Spotler and records links, tombstones and status."""
+
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        spotler: SpotlerGateway,
+        dataverse: DataverseGateway,
+        mapping: MappingConfig,
+        options: PushOptions,
+        clock: Callable[[], datetime],
+        app_user_id: str | None = None,
+        status_columns: StatusColumns = StatusColumns(),
+    ) -> None:
+        self._state = state
+        self._spotler = spotler
+        self._dataverse = dataverse
+        self._mapping = mapping
+        self._options = options
+        self._clock = clock
+        self._app_user = app_user_id.lower() if app_user_id else None
+        self._status_columns = status_columns
+
+    def caused_by_us(self, event: ChangeEvent) -> bool:
+        """True for changes our own application user made (pull write-backs, status columns)."""
+        if self._app_user is None:
+            return False
+        return self._app_user in {(event.initiating_user_id or "").lower(), (event.user_id or "").lower()}
+
+    async def handle(self, event: ChangeEvent, *, owner: str) -> PushOutcome:
+        """Apply `event` once. Raises RetryLater on a transient failure (after releasing its claim)."""
+        mapping = self._mapping.for_entity(event.entity)
+        if mapping is None:
+            return PushOutcome("ignored", None, f"{event.entity} is not mapped")
+        if self.caused_by_us(event):
+            return PushOutcome("ignored", None, "change made by the connector itself")
+        now = self._clock()
+        if not await self._state.claim_delivery(event.idempotency_key, owner=owner, now=now):
+            log.info("duplicate delivery ignored", extra={"entity": event.entity, "record_id": event.record_id})
+            return PushOutcome("ignored", None, "duplicate delivery")
+        try:
+            outcome = await self._apply(event, mapping, now)
+        except ConcurrencyConflict as exc:
+            await self._state.release_delivery(event.idempotency_key, owner=owner)
+            raise RetryLater("another worker updated the record's link at the same time") from exc
+        except SyncError as exc:
+            if exc.retryable:
+                await self._state.release_delivery(event.idempotency_key, owner=owner)
+                await self._record_failure(event, ReasonCode.TRANSIENT_ERROR, exc, now)
+                raise RetryLater(
+                    f"{type(exc).__name__}: {exc.message}", retry_after=getattr(exc, "retry_after", None)
+                ) from exc
+            await self._record_failure(event, ReasonCode.PERMANENT_ERROR, exc, now)
+            await self.dead_letter(event, exc, attempts=1, now=now, retry=False)
+            # Released, not completed: an operator's replay of the dead letter must be able to claim it again.
+            await self._state.release_delivery(event.idempotency_key, owner=owner)
+            return PushOutcome("failed", ReasonCode.PERMANENT_ERROR, exc.message)
+        await self._state.complete_delivery(event.idempotency_key, owner=owner, now=now)
+        return outcome
+
+    async def _row_attributes(self, event: ChangeEvent, mapping: EntityMapping) -> dict[str, AttrValue] | None:
+        if event.kind is ChangeKind.DELETE:
+            return None
+        columns = mapping.columns()
+        if event.complete and all(c in event.attributes for c in columns):
+            return dict(event.attributes)
+        row = await self._dataverse.get_row(event.entity, event.record_id, columns)
+        return dict(row.attributes) if row is not None else None
+
+    async def _apply(self, event: ChangeEvent, mapping: EntityMapping, now: datetime) -> PushOutcome:
+        attrs = await self._row_attributes(event, mapping)
+        link = await self._state.get_link(event.entity, event.record_id)
+        external_id = link.external_id if link is not None else event.record_id
+        spotler = await self._spotler.get_contact(external_id)
+        email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        email_match: SpotlerContact | None = None
+        if link is None and spotler is None and email is not None:
+            matches = await self._spotler.search_by_email(email)
+            matches = [m for m in matches if m.email and m.email.casefold() == email.casefold()]
+            email_match = min(matches, key=lambda m: m.external_id) if matches else None
+            if email_match is not None:
+                spotler = None
+        key = self._options.hash_key
+        suppression = await self._state.get_suppression(email_hash(key, email)) if email else None
+        target_id = link.external_id if link is not None else (email_match.external_id if email_match else external_id)
+        peers = [
+            p
+            for p in await self._state.links_for_external_id(target_id)
+            if (p.entity, p.record_id) != (event.entity, event.record_id)
+        ]
+        master: dict[str, AttrValue] | None = None
+        if event.merged_into:
+            row = await self._dataverse.get_row(event.entity, event.merged_into, mapping.columns())
+            master = dict(row.attributes) if row is not None else None
+        plan = plan_push(
+            PushInput(
+                entity=event.entity,
+                record_id=event.record_id,
+                kind=event.kind,
+                attributes=attrs,
+                now=now,
+                changed=event.changed,
+                modified_on=event.modified_on,
+                version=event.version,
+                link=link,
+                spotler=spotler,
+                email_match=email_match,
+                suppression=suppression,
+                peers=peers,
+                merged_into=event.merged_into,
+                master_attributes=master,
+            ),
+            mapping,
+            self._options,
+        )
+        await self._execute(plan, event, now)
+        return PushOutcome(
+            plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
+        )
+
+    async def _execute(self, plan: PushPlan, event: ChangeEvent, now: datetime) -> None:
+        if plan.action is PushAction.CREATE and plan.contact is not None:
+            await self._spotler.insert_contact(plan.contact, update=True, purge=False)
+        elif plan.action is PushAction.UPDATE and plan.contact is not None:
+            try:
+                await self._spotler.update_contact(plan.contact, purge=False)
+            except NotFoundError:
+                await self._spotler.insert_contact(plan.contact, update=True, purge=False)
+        elif plan.action is PushAction.ANONYMIZE and plan.external_id is not None:
+            try:
+                await self._spotler.anonymize_contact(plan.external_id)
+            except NotFoundError:
+                log.info("contact already gone in Spotler", extra={"record_id": event.record_id})
+        elif plan.action is PushAction.RELINK and plan.relink_to is not None and plan.external_id is not None:
+            await self._relink(event, plan, now)
+
+        if plan.suppress is not None:
+            await self._state.put_suppression(plan.suppress)
+        if plan.lift_suppression is not None:
+            await self._state.delete_suppression(plan.lift_suppression)
+        if plan.link is not None:
+            await self._state.save_link(plan.link)
+        if plan.record_status:
+            await self._record_status(event, plan.reason, plan.action.value, plan.detail, plan.external_id, now)
+
+    async def _relink(self, event: ChangeEvent, plan: PushPlan, now: datetime) -> None:
+        assert plan.relink_to is not None
+        assert plan.external_id is not None
+        master = await self._state.get_link(event.entity, plan.relink_to)
+        if master is None:
+            source = plan.link
+            master = LinkState(
+                entity=event.entity,
+                record_id=plan.relink_to,
+                external_id=plan.external_id,
+                email_hash=source.email_hash if source else None,
+                base=dict(source.base) if source else {},
+                reason=ReasonCode.SYNCED,
+                detail=f"took over the Spotler contact of merged {event.entity} {event.record_id}",
+                last_attempt=now,
+            )
+            await self._state.save_link(master)
+
+    async def _record_status(
+        self,
+        event: ChangeEvent,
+        reason: ReasonCode,
+        action: str,
+        detail: str,
+        external_id: str | None,
+        now: datetime,
+    ) -> None:
+        await self._state.append_status(
+            StatusEntry(event.entity, event.record_id, now, reason, action, detail, external_id)
+        )
+        log.info(
+            "push outcome",
+            extra={"entity": event.entity, "record_id": event.record_id, "reason": reason.value, "action": action},
+        )
+        await self.write_status_columns(event, reason, detail)
+
+    async def write_status_columns(self, event: ChangeEvent, reason: ReasonCode, detail: str) -> None:
+        """Best effort: the status columns are information, a failure there must not fail the sync."""
+        cols = self._status_columns
+        if cols.reason is None or event.kind is ChangeKind.DELETE:
+            return
+        changes: dict[str, AttrValue] = {cols.reason: reason.value}
+        if cols.detail is not None:
+            changes[cols.detail] = detail[:2000]
+        try:
+            await self._dataverse.update_row(event.entity, event.record_id, changes)
+        except (NotFoundError, PermanentError, SyncError) as exc:
+            log.warning(
+                "status column not written",
+                extra={"entity": event.entity, "record_id": event.record_id, "error": type(exc).__name__},
+            )
+
+    async def _record_failure(self, event: ChangeEvent, reason: ReasonCode, exc: SyncError, now: datetime) -> None:
+        link = await self._state.get_link(event.entity, event.record_id)
+        failures = (link.failures if link else 0) + 1
+        detail = f"{type(exc).__name__}: {exc.message}"
+        if reason is ReasonCode.TRANSIENT_ERROR:
+            next_retry = now + backoff_delay(failures, base_seconds=30.0)
+            detail = f"{detail} (attempt {failures}, next attempt after {next_retry.isoformat(timespec='seconds')})"
+        else:
+            next_retry = None
+        if link is not None:
+            # On a conflict another worker recorded the newer state; its outcome stands.
+            with contextlib.suppress(ConcurrencyConflict):
+                await self._state.save_link(
+                    dataclasses.replace(
+                        link, reason=reason, detail=detail, failures=failures, next_retry=next_retry, last_attempt=now
+                    )
+                )
+        await self._record_status(event, reason, "failed", detail, link.external_id if link else None, now)
+
+    async def dead_letter(
+        self, event: ChangeEvent, exc: BaseException, *, attempts: int, now: datetime, retry: bool = True
+    ) -> None:
+        """Park an event that keeps failing: visible, with its error, and replayable."""
+        existing = await self._state.get_dead_letter(event.entity, event.idempotency_key)
+        replays = existing.replays if existing else 0
+        message = getattr(exc, "message", None) or str(exc)
+        await self._state.put_dead_letter(
+            DeadLetter(
+                entity=event.entity,
+                event_id=event.idempotency_key,
+                event=event_to_dict(event),
+                error_class=type(exc).__name__,
+                message=message[:1000],
+                attempts=(existing.attempts if existing else 0) + attempts,
+                replays=replays,
+                first_failed=existing.first_failed if existing else now,
+                last_failed=now,
+                next_retry=now + backoff_delay(replays + 1) if retry else None,
+                etag=existing.etag if existing else None,
+            )
+        )
+        log.warning(
+            "event dead-lettered",
+            extra={"entity": event.entity, "record_id": event.record_id, "error": type(exc).__name__},
+        )

@@ -1,0 +1,175 @@
+"""Composition: build the adapters and services from Settings, once per process (and per event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sync_core.dataverse.auth import WebhookAuthenticator
+from sync_core.dataverse.client import DataverseClient
+from sync_core.dataverse.credentials import make_credential
+from sync_core.mapping import MappingConfig, default_mapping, parse_mapping
+from sync_core.plan import PushOptions
+from sync_core.ports import DataverseGateway, SpotlerGateway, StateStore
+from sync_core.services.intake import EventSink, WebhookIntake
+from sync_core.services.pull import PullOptions, PullService
+from sync_core.services.push import PushService, StatusColumns
+from sync_core.settings import Settings, load_settings
+from sync_core.spotler.client import SpotlerClient
+from sync_core.state.queue import EventQueue
+from sync_core.state.tables import TableStateStore
+
+log = logging.getLogger("sync_core.runtime")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Runtime:
+    """The wired connector: what the Functions handlers call."""
+
+    settings: Settings
+    mapping: MappingConfig
+    state: StateStore
+    queue: EventSink
+    spotler: SpotlerGateway
+    dataverse: DataverseGateway
+    intake: WebhookIntake
+    push: PushService
+    pull: PullService
+    clock: Callable[[], datetime] = utc_now
+
+    async def aclose(self) -> None:
+        for closer in (self.spotler.aclose, self.dataverse.aclose, self.state.aclose, self.queue.aclose):
+            try:
+                await closer()
+            except Exception:
+                log.debug("close failed", exc_info=True)
+
+
+def load_mapping(settings: Settings) -> MappingConfig:
+    if settings.mapping_file is None:
+        return default_mapping()
+    return parse_mapping(json.loads(settings.mapping_file.read_text(encoding="utf-8")))
+
+
+def push_options(settings: Settings) -> PushOptions:
+    return PushOptions(
+        hash_key=settings.suppression_hash_key.get_secret_value().encode("utf-8"),
+        anonymize_on_deactivate=settings.anonymize_on_deactivate,
+        purge_when_not_set=settings.purge_existing_properties_when_not_set,
+        conflict_winner=settings.conflict_winner,
+    )
+
+
+def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
+    """Wire real adapters: Table Storage + queue, the Spotler client and the Dataverse client."""
+    mapping = load_mapping(settings)
+    conn = settings.resolved_storage_connection_string
+    if conn is not None:
+        state: StateStore = TableStateStore.from_connection_string(conn, prefix=settings.table_prefix)
+        queue: EventSink = EventQueue.from_connection_string(conn, settings.queue_name)
+    else:
+        assert settings.storage_account_name is not None
+        storage_credential = make_credential("managed_identity", client_id=settings.storage_client_id)
+        state = TableStateStore.from_account(
+            settings.storage_account_name, storage_credential, prefix=settings.table_prefix
+        )
+        queue = EventQueue.from_account(settings.storage_account_name, storage_credential, settings.queue_name)
+    spotler = SpotlerClient(
+        base_url=settings.spotler_base_url,
+        consumer_key=settings.spotler_consumer_key,
+        consumer_secret=settings.spotler_consumer_secret,
+        path_prefix=settings.spotler_path_prefix,
+        timeout=settings.spotler_timeout_seconds,
+        max_attempts=settings.spotler_max_attempts,
+    )
+    credential = make_credential(
+        settings.dataverse_auth,
+        tenant_id=settings.dataverse_tenant_id,
+        client_id=settings.dataverse_client_id,
+        client_secret=settings.dataverse_client_secret.get_secret_value() if settings.dataverse_client_secret else None,
+        token=settings.dataverse_static_token.get_secret_value() if settings.dataverse_static_token else None,
+    )
+    dataverse = DataverseClient(
+        base_url=settings.dataverse_url, credential=credential, timeout=settings.dataverse_timeout_seconds
+    )
+    options = push_options(settings)
+    push = PushService(
+        state=state,
+        spotler=spotler,
+        dataverse=dataverse,
+        mapping=mapping,
+        options=options,
+        clock=clock,
+        app_user_id=settings.dataverse_app_user_id,
+        status_columns=StatusColumns(settings.dataverse_status_column, settings.dataverse_status_detail_column),
+    )
+    pull = PullService(
+        state=state,
+        spotler=spotler,
+        dataverse=dataverse,
+        mapping=mapping,
+        options=options,
+        pull_options=PullOptions(
+            overlap=timedelta(minutes=settings.pull_overlap_minutes),
+            initial_lookback=timedelta(hours=settings.pull_initial_lookback_hours),
+            page_size=settings.pull_page_size,
+            max_replays=settings.dead_letter_max_replays,
+        ),
+        clock=clock,
+        push=push,
+    )
+    intake = WebhookIntake(
+        authenticator=WebhookAuthenticator(
+            settings.webhook_auth_mode, settings.webhook_secret.get_secret_value(), name=settings.webhook_auth_name
+        ),
+        sink=queue,
+        max_bytes=settings.webhook_max_bytes,
+        mapping=mapping,
+        app_user_id=settings.dataverse_app_user_id,
+    )
+    return Runtime(settings, mapping, state, queue, spotler, dataverse, intake, push, pull, clock)
+
+
+_cache: dict[int, Runtime] = {}
+
+
+def get_runtime(environ: dict[str, str] | None = None) -> Runtime:
+    """The process's runtime for the running event loop (clients are bound to the loop that made them)."""
+    loop_id = id(asyncio.get_running_loop())
+    runtime = _cache.get(loop_id)
+    if runtime is None:
+        runtime = build_runtime(load_settings(environ))
+        _cache.clear()
+        _cache[loop_id] = runtime
+    return runtime
+
+
+async def reset_runtime() -> None:
+    """Close and forget the cached runtime (tests, configuration reloads)."""
+    runtimes = list(_cache.values())
+    _cache.clear()
+    for runtime in runtimes:
+        await runtime.aclose()
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Non-secret facts about the configuration, for the health endpoint."""
+    return {
+        "spotler": settings.spotler_base_url,
+        "dataverse": settings.dataverse_url,
+        "dataverseAuth": settings.dataverse_auth,
+        "webhookAuth": settings.webhook_auth_mode,
+        "queue": settings.queue_name,
+        "tablePrefix": settings.table_prefix,
+        "anonymizeOnDeactivate": settings.anonymize_on_deactivate,
+        "conflictWinner": settings.conflict_winner,
+    }

@@ -1,0 +1,1 @@
+"""Spotler Mail+ REST adapter."""

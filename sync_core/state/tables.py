@@ -1,0 +1,425 @@
+"""The state store on Azure Table Storage (async SDK).
+
+Tables (all named `{prefix}<name>`):
+
+| table        | PartitionKey                         | RowKey                         |
+|--------------|--------------------------------------|--------------------------------|
+| links        | entity                               | record id                      |
+| index        | `x|<external id>` or `e|<email hash>` | `<entity>|<record id>`         |
+| watermarks   | `spotler`                            | watermark name                 |
+| status       | `<entity>|<record id>`               | inverted time (newest first)   |
+| deadletters  | entity                               | event id                       |
+| suppressions | first two characters of the hash     | e-mail hash                    |
+| deliveries   | first two characters of the key      | idempotency key                |
+
+Key values that Table Storage does not allow are replaced by a stable hash (see `codec.safe_key`); the
+original values are always kept as properties. The index table is a hint: lookups re-read the link row
+and keep only links that still match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import EdmType, EntityProperty, TableEntity, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from sync_core.ports import ConcurrencyConflict
+from sync_core.records import EntityName
+from sync_core.state import codec
+from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
+
+logger = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = ("links", "index", "watermarks", "status", "deadletters", "suppressions", "deliveries")
+_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_MAX_TABLE_NAME = 63
+
+
+def _validate_prefix(prefix: str) -> str:
+    longest = max(len(suffix) for suffix in TABLE_SUFFIXES)
+    if not _PREFIX_RE.match(prefix) or len(prefix) + longest > _MAX_TABLE_NAME:
+        raise ValueError(
+            "table prefix must start with a letter, hold only letters and digits and be at most "
+            f"{_MAX_TABLE_NAME - longest} characters"
+        )
+    return prefix
+
+
+def _to_entity(partition: str, row: str, props: Mapping[str, Any]) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": partition, "RowKey": row}
+    for name, value in props.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            entity[name] = EntityProperty(value, EdmType.INT64)
+        else:
+            entity[name] = value
+    return entity
+
+
+def _props(entity: TableEntity) -> dict[str, Any]:
+    return {name: value for name, value in entity.items() if name not in ("PartitionKey", "RowKey")}
+
+
+def _etag(entity: TableEntity) -> str | None:
+    etag = entity.metadata.get("etag")
+    return None if etag is None else str(etag)
+
+
+def _result_etag(result: Mapping[str, Any]) -> str:
+    return str(result["etag"])
+
+
+class TableStateStore:
+    """`StateStore` on Azure Table Storage; see the module docstring for the layout."""
+
+    def __init__(self, service: TableServiceClient, *, prefix: str = "sync") -> None:
+        self._service = service
+        self._prefix = _validate_prefix(prefix)
+        self._links = self._table("links")
+        self._index = self._table("index")
+        self._watermarks = self._table("watermarks")
+        self._status = self._table("status")
+        self._deadletters = self._table("deadletters")
+        self._suppressions = self._table("suppressions")
+        self._deliveries = self._table("deliveries")
+        self._clients = (
+            self._links,
+            self._index,
+            self._watermarks,
+            self._status,
+            self._deadletters,
+            self._suppressions,
+            self._deliveries,
+        )
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    @classmethod
+    def from_connection_string(cls, conn: str, *, prefix: str = "sync") -> TableStateStore:
+        return cls(TableServiceClient.from_connection_string(conn), prefix=prefix)
+
+    @classmethod
+    def from_account(
+        cls,
+        account_name: str,
+        credential: AsyncTokenCredential,
+        *,
+        prefix: str = "sync",
+        endpoint_suffix: str = "core.windows.net",
+    ) -> TableStateStore:
+        endpoint = f"https://{account_name}.table.{endpoint_suffix}"
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(f"{self._prefix}{suffix}" for suffix in TABLE_SUFFIXES)
+
+    def _table(self, suffix: str) -> TableClient:
+        return self._service.get_table_client(f"{self._prefix}{suffix}")
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def ensure_ready(self) -> None:
+        async with self._ready_lock:
+            if self._ready:
+                return
+            await asyncio.gather(*(self._service.create_table_if_not_exists(n) for n in self.table_names))
+            self._ready = True
+
+    async def _ensure(self) -> None:
+        if not self._ready:
+            await self.ensure_ready()
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.close()
+        await self._service.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    async def _get(table: TableClient, partition: str, row: str) -> TableEntity | None:
+        try:
+            return await table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None
+
+    @staticmethod
+    async def _insert_or_replace(table: TableClient, entity: dict[str, Any], etag: str | None, what: str) -> str:
+        """Create (etag None) or replace-if-unchanged; the new etag, or ConcurrencyConflict."""
+        try:
+            if etag is None:
+                result = await table.create_entity(entity)
+            else:
+                result = await table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except ResourceExistsError:
+            raise ConcurrencyConflict(f"{what} already exists") from None
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise ConcurrencyConflict(f"{what} changed since it was read") from None
+        return _result_etag(result)
+
+    # ------------------------------------------------------------------------------------------ links
+
+    async def get_link(self, entity: EntityName, record_id: str) -> LinkState | None:
+        await self._ensure()
+        row = await self._get(self._links, entity, codec.safe_key(record_id))
+        return None if row is None else codec.link_from_props(_props(row), _etag(row))
+
+    async def links_for_external_id(self, external_id: str) -> list[LinkState]:
+        if not external_id:
+            return []
+        links = await self._links_from_index(codec.index_partition_for_external_id(external_id))
+        return [link for link in links if codec.link_matches_external_id(link, external_id)]
+
+    async def links_for_email_hash(self, email_hash: str) -> list[LinkState]:
+        if not email_hash:
+            return []
+        links = await self._links_from_index(codec.index_partition_for_email_hash(email_hash))
+        return [link for link in links if codec.link_matches_email_hash(link, email_hash)]
+
+    async def _links_from_index(self, partition: str) -> list[LinkState]:
+        await self._ensure()
+        targets: list[tuple[EntityName, str]] = []
+        async for row in self._index.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": partition}, select=["entity", "record_id"]
+        ):
+            targets.append(codec.index_target(row))
+        found = await asyncio.gather(*(self.get_link(entity, record_id) for entity, record_id in targets))
+        links = [link for link in found if link is not None]
+        links.sort(key=lambda link: (link.entity, link.record_id))
+        return links
+
+    async def save_link(self, link: LinkState) -> LinkState:
+        await self._ensure()
+        props = codec.link_to_props(link)
+        row_key = codec.safe_key(link.record_id)
+        old_partitions: set[str] = set()
+        if link.etag is not None:
+            current = await self._get(self._links, link.entity, row_key)
+            if current is None or _etag(current) != link.etag:
+                raise ConcurrencyConflict(f"link {link.entity}/{link.record_id} changed since it was read")
+            old_partitions = codec.link_index_partitions(codec.link_from_props(_props(current), None))
+        added = codec.link_index_partitions(link) - old_partitions
+        removed = old_partitions - codec.link_index_partitions(link)
+        # Index entries are written before the link, so that a committed link is always findable, and
+        # again after it, so that a concurrent removal of the same entry (by a writer that moved the link
+        # away from it a moment earlier) cannot leave the new link unindexed. Entries that turn out stale
+        # after a lost race are filtered out on read.
+        await self._put_index(link, added)
+        etag = await self._insert_or_replace(
+            self._links,
+            _to_entity(link.entity, row_key, props),
+            link.etag,
+            f"link {link.entity}/{link.record_id}",
+        )
+        await self._put_index(link, added)
+        await asyncio.gather(*(self._drop_index(p, link.entity, link.record_id) for p in removed))
+        return dataclasses.replace(link, etag=etag)
+
+    async def _put_index(self, link: LinkState, partitions: set[str]) -> None:
+        row = codec.index_row_key(link.entity, link.record_id)
+        props = codec.index_to_props(link)
+        await asyncio.gather(
+            *(self._index.upsert_entity(_to_entity(p, row, props), mode=UpdateMode.REPLACE) for p in partitions)
+        )
+
+    async def _drop_index(self, partition: str, entity: EntityName, record_id: str) -> None:
+        """Delete a stale index entry, unless it was rewritten or the link points back at it meanwhile."""
+        row = codec.index_row_key(entity, record_id)
+        current = await self._get(self._index, partition, row)
+        if current is None:
+            return
+        link = await self.get_link(entity, record_id)
+        if link is not None and partition in codec.link_index_partitions(link):
+            return
+        try:
+            await self._index.delete_entity(
+                partition, row, etag=_etag(current), match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceModifiedError:
+            return
+
+    # ------------------------------------------------------------------------------------------ suppressions
+
+    async def get_suppression(self, email_hash: str) -> Suppression | None:
+        await self._ensure()
+        row = await self._get(self._suppressions, *codec.suppression_keys(email_hash))
+        return None if row is None else codec.suppression_from_props(_props(row), _etag(row))
+
+    async def put_suppression(self, suppression: Suppression) -> None:
+        await self._ensure()
+        partition, row = codec.suppression_keys(suppression.email_hash)
+        entity = _to_entity(partition, row, codec.suppression_to_props(suppression))
+        await self._suppressions.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def delete_suppression(self, email_hash: str) -> None:
+        await self._ensure()
+        await self._suppressions.delete_entity(*codec.suppression_keys(email_hash))
+
+    # ------------------------------------------------------------------------------------------ watermarks
+
+    async def get_watermark(self, name: str) -> Watermark | None:
+        await self._ensure()
+        row = await self._get(self._watermarks, codec.WATERMARK_PARTITION, codec.safe_key(name))
+        return None if row is None else codec.watermark_from_props(_props(row), _etag(row))
+
+    async def save_watermark(self, watermark: Watermark) -> Watermark:
+        await self._ensure()
+        entity = _to_entity(
+            codec.WATERMARK_PARTITION, codec.safe_key(watermark.name), codec.watermark_to_props(watermark)
+        )
+        etag = await self._insert_or_replace(self._watermarks, entity, watermark.etag, f"watermark {watermark.name}")
+        return dataclasses.replace(watermark, etag=etag)
+
+    # ------------------------------------------------------------------------------------------ status
+
+    async def append_status(self, entry: StatusEntry, *, keep: int = 20) -> None:
+        await self._ensure()
+        partition = codec.status_partition(entry.entity, entry.record_id)
+        entity = _to_entity(partition, codec.status_row_key(entry.at), codec.status_to_props(entry))
+        await self._status.create_entity(entity)
+        rows = [
+            str(row["RowKey"])
+            async for row in self._status.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
+            )
+        ]
+        rows.sort()
+        await asyncio.gather(*(self._status.delete_entity(partition, row) for row in rows[max(keep, 0) :]))
+
+    async def list_status(self, entity: EntityName, record_id: str, *, limit: int = 20) -> list[StatusEntry]:
+        await self._ensure()
+        if limit <= 0:
+            return []
+        partition = codec.status_partition(entity, record_id)
+        rows: list[tuple[str, StatusEntry]] = []
+        async for row in self._status.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": partition}, results_per_page=min(limit, 1000)
+        ):
+            rows.append((str(row["RowKey"]), codec.status_from_props(_props(row))))
+            if len(rows) >= limit:
+                break
+        rows.sort(key=lambda pair: pair[0])
+        return [entry for _, entry in rows]
+
+    # ------------------------------------------------------------------------------------------ dead letters
+
+    async def put_dead_letter(self, dead_letter: DeadLetter) -> None:
+        await self._ensure()
+        entity = _to_entity(
+            dead_letter.entity, codec.safe_key(dead_letter.event_id), codec.dead_letter_to_props(dead_letter)
+        )
+        await self._deadletters.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def get_dead_letter(self, entity: EntityName, event_id: str) -> DeadLetter | None:
+        await self._ensure()
+        row = await self._get(self._deadletters, entity, codec.safe_key(event_id))
+        return None if row is None else codec.dead_letter_from_props(_props(row), _etag(row))
+
+    async def delete_dead_letter(self, entity: EntityName, event_id: str) -> None:
+        await self._ensure()
+        await self._deadletters.delete_entity(entity, codec.safe_key(event_id))
+
+    async def list_dead_letters(self, *, due_before: datetime | None = None, limit: int = 100) -> list[DeadLetter]:
+        await self._ensure()
+        if limit <= 0:
+            return []
+        if due_before is None:
+            pages = self._deadletters.list_entities()
+        else:
+            due = codec.utc(due_before, "due_before")
+            pages = self._deadletters.query_entities("next_retry le @due", parameters={"due": due})
+        letters = [codec.dead_letter_from_props(_props(row), _etag(row)) async for row in pages]
+        letters.sort(key=codec.dead_letter_order)
+        return letters[:limit]
+
+    # ------------------------------------------------------------------------------------------ deliveries
+
+    async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
+        await self._ensure()
+        partition, row = codec.delivery_keys(key)
+        claimed = _to_entity(partition, row, codec.delivery_props(key, owner, codec.DELIVERY_CLAIMED, now))
+        try:
+            await self._deliveries.create_entity(claimed)
+            return True
+        except ResourceExistsError:
+            pass
+        current = await self._get(self._deliveries, partition, row)
+        if current is None:
+            # Removed between our insert and our read: try once more, losing to anyone faster.
+            try:
+                await self._deliveries.create_entity(claimed)
+                return True
+            except ResourceExistsError:
+                return False
+        state = current.get("state")
+        if state == codec.DELIVERY_CLAIMED:
+            return current.get("owner") == owner
+        if state != codec.DELIVERY_RELEASED:
+            return False
+        try:
+            await self._deliveries.update_entity(
+                claimed,
+                mode=UpdateMode.REPLACE,
+                etag=_etag(current),
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    async def complete_delivery(self, key: str, *, owner: str, now: datetime) -> None:
+        await self._ensure()
+        partition, row = codec.delivery_keys(key)
+        done = _to_entity(partition, row, codec.delivery_props(key, owner, codec.DELIVERY_DONE, now))
+        await self._deliveries.upsert_entity(done, mode=UpdateMode.REPLACE)
+
+    async def release_delivery(self, key: str, *, owner: str) -> None:
+        await self._ensure()
+        partition, row = codec.delivery_keys(key)
+        current = await self._get(self._deliveries, partition, row)
+        if current is None or current.get("state") != codec.DELIVERY_CLAIMED or current.get("owner") != owner:
+            return
+        updated = current.get("updated")
+        released = _to_entity(
+            partition,
+            row,
+            codec.delivery_props(
+                key, owner, codec.DELIVERY_RELEASED, None if updated is None else codec.utc(updated, "updated")
+            ),
+        )
+        try:
+            await self._deliveries.update_entity(
+                released,
+                mode=UpdateMode.REPLACE,
+                etag=_etag(current),
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            logger.info("delivery claim changed while it was being released; left as it is")

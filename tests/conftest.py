@@ -1,0 +1,5 @@
+"""Shared test fixtures: Azurite, and the two sandboxes served over real loopback HTTP."""
+
+pytest_plugins = [
+    "tests.fixtures.azurite",
+]
