@@ -31,14 +31,22 @@ def is_qualified_lead(entity: EntityName, attributes: Mapping[str, AttrValue]) -
     return entity == "lead" and attributes.get("statecode") == LEAD_QUALIFIED
 
 
+def _same(value: object, wanted: object) -> bool:
+    """Text compares case-insensitively; a boolean never equals a number (True is not 1 here)."""
+    if isinstance(value, str) and isinstance(wanted, str):
+        return value.strip().casefold() == wanted.strip().casefold()
+    if isinstance(value, bool) != isinstance(wanted, bool):
+        return False
+    return value == wanted
+
+
 def _matches(rule: ExcludeRule, value: AttrValue) -> bool:
     if rule.is_blank is not None:
         return is_blank(value) == rule.is_blank
     if rule.any_of is not None:
-        return value in rule.any_of
-    if isinstance(value, str) and isinstance(rule.equals, str):
-        return value.strip().casefold() == rule.equals.strip().casefold()
-    return value == rule.equals
+        chosen = value if isinstance(value, list) else [value]  # a multi-select matches on any chosen option
+        return any(_same(v, wanted) for v in chosen for wanted in rule.any_of)
+    return _same(value, rule.equals)
 
 
 def excluded_by(mapping: EntityMapping, attributes: Mapping[str, AttrValue]) -> Exclusion | None:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sync_core.consent import email_hash, normalize_email
 from sync_core.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
-from sync_core.mapping import Direction, EntityMapping
+from sync_core.mapping import Direction, EntityMapping, FieldMapping
 from sync_core.plan import PushOptions
 from sync_core.reasons import ReasonCode
 from sync_core.records import AttrValue, DataverseRow, PropValue, SpotlerContact
@@ -89,6 +89,8 @@ def plan_pull(
             if sp_c == dv_c:
                 acc.base[f.key] = sp_h
             continue  # Spotler has no news for this field (an echo of our own write, or already equal).
+        if old is None and _holds_nothing(f, sp_value):
+            continue  # Never agreed and Spotler holds nothing (a contact we created without it): no news.
         if is_blank(sp_value) and not f.is_set and not _clears(f.blank, options):
             continue  # Spotler blanked it and the policy keeps Dynamics' value.
         dynamics_changed = old is not None and dv_h != old
@@ -105,7 +107,9 @@ def plan_pull(
             continue
         acc.base[f.key] = sp_h
 
-    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row)
+    email = normalize_email(attrs.get(mapping.email_attribute))
+    person_hash = email_hash(key, email) if email else link.email_hash
+    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row, person_hash)
 
     new_base = dict(link.base)
     new_base.update(acc.base)
@@ -117,12 +121,11 @@ def plan_pull(
     else:
         reason, detail = link.reason or ReasonCode.SYNCED, link.detail or "already in sync"
     last_changed = contact.last_changed or link.spotler_last_changed
-    email = normalize_email(attrs.get(mapping.email_attribute))
     new_link = dataclasses.replace(
         link,
         base=new_base,
         spotler_last_changed=last_changed,
-        email_hash=email_hash(key, email) if email else link.email_hash,
+        email_hash=person_hash,
         reason=reason,
         detail=detail,
         last_attempt=now,
@@ -144,6 +147,14 @@ def plan_pull(
     )
 
 
+def _holds_nothing(f: FieldMapping, sp_value: PropValue) -> bool:
+    """True when the Spotler contact carries no value at all for the field (not even a cleared bit)."""
+    if f.is_set:
+        mapped = [f.bit] if f.type == "boolean" else list((f.bits or {}).values())
+        return not isinstance(sp_value, dict) or not any(bit in sp_value for bit in mapped)
+    return is_blank(sp_value)
+
+
 def _clears(blank: str | None, options: PushOptions) -> bool:
     return blank == "clear" if blank is not None else options.purge_when_not_set
 
@@ -157,6 +168,7 @@ def _permissions(
     acc: _Acc,
     now: datetime,
     row: DataverseRow,
+    person_hash: str | None,
 ) -> Suppression | None:
     """Subscriptions flow back: an opt-out in Spotler always wins; an opt-in there is the person's own act."""
     key = options.hash_key
@@ -168,6 +180,8 @@ def _permissions(
         dv_on = (not dnbe) if p.source == "not_donotbulkemail" else (not dnbe and attrs.get(p.dataverse or "") is True)
         sp_h = value_hash(key, sp_on)
         old = link.base.get(p.key)
+        if old is None and not contact.opted_out and p.bit not in contact.permissions:
+            continue  # Never agreed and Spotler carries no such bit: no news.
         if sp_h == old or sp_on == dv_on:
             if sp_on == dv_on:
                 acc.base[p.key] = sp_h
@@ -184,6 +198,7 @@ def _permissions(
         elif p.dataverse:
             acc.changes[p.dataverse] = sp_on
         acc.base[p.key] = sp_h
-    if contact.opted_out and link.email_hash:
-        return Suppression(link.email_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
+    tomb_hash = link.email_hash or person_hash
+    if contact.opted_out and tomb_hash:
+        return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
     return None

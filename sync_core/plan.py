@@ -173,6 +173,13 @@ def explicit_opt_in(
     if wants_no_email(mapping, attrs):
         return False
     changed = inp.changed
+    if inp.kind is ChangeKind.CREATE:
+        # A new row submits every column, the do-not flags at their defaults: only a ticked subscription counts.
+        return any(
+            p.dataverse in changed and attrs.get(p.dataverse) is True
+            for p in mapping.permissions
+            if p.dataverse and not wants_no_bulk_email(mapping, attrs)
+        )
     if mapping.donotemail_attribute in changed or (
         mapping.donotbulkemail_attribute in changed and not wants_no_bulk_email(mapping, attrs)
     ):
@@ -304,7 +311,13 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             detail = f"deleted; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
             unlinked = dataclasses.replace(_advance(link, inp), anonymized=True) if link else None
             return PushPlan(PushAction.NONE, ReasonCode.SYNCED, detail, external_id=external_id, link=unlinked)
-        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, None, external_id)
+        # The tombstone needs the address: from the link, else the delete's pre-image, else Spotler's contact.
+        known = link.email_hash if link is not None else None
+        gone_email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        if gone_email is None and inp.spotler is not None:
+            gone_email = normalize_email(inp.spotler.email)
+        gone_h = known or (email_hash(options.hash_key, gone_email) if gone_email else None)
+        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, gone_h, external_id)
 
     email = normalize_email(attrs.get(mapping.email_attribute))
     email_h = email_hash(options.hash_key, email) if email else None
@@ -372,8 +385,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
 
     owner = _owner_peer(inp)
     if owner is not None:
+        # Linked but silent: the row follows the shared contact (pulls update it) without writing its values.
         detail = f"shares its Spotler contact with {owner.entity} {owner.record_id}, which takes precedence"
-        return _skip(ReasonCode.SYNCED, detail, inp)
+        follower = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
+        follower = dataclasses.replace(_advance(follower, inp), email_hash=email_h, anonymized=False)
+        return _skip(ReasonCode.SYNCED, detail, inp, link=follower)
 
     recreate = current is None or (link is not None and link.anonymized)
     creating = current is None

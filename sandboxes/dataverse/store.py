@@ -51,6 +51,17 @@ APP_USER_ID = "5a1d7c11-a2b3-4c5d-8e9f-0a1b2c3d4e5f"
 HUMAN_USER_ID = "75c2dd85-e89e-e711-8122-000d3aa2331c"
 STATE_COLUMNS = frozenset({"statecode", "statuscode"})
 PLATFORM_COLUMNS = ("modifiedon", "modifiedby", "modifiedonbehalfby")
+DEFAULTS: dict[str, Any] = {"donotemail": False, "donotbulkemail": False}
+DEFAULT_CUSTOM_COLUMNS: dict[str, dict[str, str]] = {
+    entity: {
+        "sync_spotlerstatus": "string",
+        "sync_spotlerstatusdetail": "string",
+        "sync_newsletter": "bool",
+        "sync_interests": "multichoice",
+    }
+    for entity in ("contact", "lead", "account")
+}
+"""The connector's example custom columns, present unless other custom columns are configured."""
 
 ERR_NOT_FOUND = "0x80040217"
 ERR_DUPLICATE = "0x80040237"
@@ -232,7 +243,8 @@ class DataverseStore:
 
     def __init__(self, *, custom_columns: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self._lock = threading.RLock()
-        self._custom = {entity: dict(columns) for entity, columns in (custom_columns or {}).items()}
+        chosen = DEFAULT_CUSTOM_COLUMNS if custom_columns is None else custom_columns
+        self._custom = {entity: dict(columns) for entity, columns in chosen.items()}
         self.listeners: list[ChangeListener] = []
         self.clock: Callable[[], datetime] = utc_now
         self._tx: _Transaction | None = None
@@ -350,6 +362,7 @@ class DataverseStore:
             clean = self._validated(schema, values, creating=True)
             now = self._tick()
             row: dict[str, Any] = dict.fromkeys(schema.columns)
+            row.update(DEFAULTS)
             row.update(clean)
             row[schema.primary_key] = new_id
             state = row.get("statecode")

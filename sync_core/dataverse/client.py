@@ -39,6 +39,7 @@ ENTITY_SETS: dict[str, tuple[str, str]] = {
     "account": ("accounts", "accountid"),
 }
 MAX_BATCH_REQUESTS = 1000
+ROW_NOT_FOUND_CODE = "0x80040217"
 MAX_PAGE_SIZE = 5000
 TOKEN_REFRESH_MARGIN_SECONDS = 300
 
@@ -115,8 +116,11 @@ class DataverseClient:
         params = {"$select": ",".join(columns)} if columns else None
         try:
             response = await self._request("GET", url, params=params)
-        except DataverseNotFound:
-            return None
+        except DataverseNotFound as exc:
+            # only "this row does not exist"; a wrong entity set or URL must not look like a missing row
+            if exc.code == ROW_NOT_FOUND_CODE or "Does Not Exist" in exc.message:
+                return None
+            raise
         return _row(entity, response.json(), self._multi)
 
     async def iter_pages(

@@ -148,7 +148,6 @@ def get_runtime(environ: dict[str, str] | None = None) -> Runtime:
     runtime = _cache.get(loop_id)
     if runtime is None:
         runtime = build_runtime(load_settings(environ))
-        _cache.clear()
         _cache[loop_id] = runtime
     return runtime
 

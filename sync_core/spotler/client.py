@@ -61,7 +61,7 @@ class _RedactingFilter(logging.Filter):
     """Rewrites third-party log records: no e-mail address, consumer key/secret or OAuth header survives."""
 
     _OAUTH_HEADER = re.compile(r"OAuth\s+oauth_[^\n]*", re.IGNORECASE)
-    _SIGNATURE = re.compile(r"(oauth_signature(?:=|%3D|%253D)\"?)[^\"&,\s]+", re.IGNORECASE)
+    _SIGNATURE = re.compile(r"(oauth_signature(?:=|%3D|%253D)\"?|Signature: )[^\"&,\s]+", re.IGNORECASE)
 
     def __init__(self) -> None:
         super().__init__()

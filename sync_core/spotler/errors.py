@@ -23,8 +23,8 @@ from sync_core.errors import (
     TransientError,
 )
 
-# Plain addresses and percent-encoded ones (as they appear in a logged or echoed query string).
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-']+(?:@|%40)[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+", re.IGNORECASE)
+# Plain addresses, and percent-encoded once (a query string) or twice (an OAuth signature base string).
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-']+(?:@|%40|%2540)[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+", re.IGNORECASE)
 REDACTED_EMAIL = "<email>"
 
 

@@ -10,9 +10,7 @@ from azure.data.tables.aio import TableServiceClient
 from tests.fixtures.azurite import AzuriteInstance
 
 
-async def test_entity_round_trips_and_stale_etag_raises_412(
-    azurite: AzuriteInstance, storage_prefix: str
-) -> None:
+async def test_entity_round_trips_and_stale_etag_raises_412(azurite: AzuriteInstance, storage_prefix: str) -> None:
     async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
         table = await service.create_table(f"{storage_prefix}wiring")
         created = await table.create_entity({"PartitionKey": "contact", "RowKey": "r1", "n": 1})

@@ -1,4 +1,4 @@
-"""The mapping file: the shipped default validates, broken files are rejected naming the entry, the schema is published."""
+"""The mapping file: the default validates, broken files are rejected naming the entry, the schema is published."""
 
 from __future__ import annotations
 

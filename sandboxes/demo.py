@@ -1,0 +1,188 @@
+"""The demo: a short scripted story on the two sandboxes, through the real handlers of function_app.py.
+
+Azurite holds the connector's state and queue; the Dataverse sandbox delivers its webhooks over HTTP to the
+handlers; the push worker runs on the queue; the 15-minute pull runs when the story calls the timer. At the
+end both systems are printed side by side with each record's Spotler status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+
+from rich.console import Console
+from rich.table import Table
+
+from sandboxes._server import BackgroundServer
+from sandboxes.dataverse import DataverseSandbox
+from sandboxes.dataverse import create_app as create_dataverse_app
+from sandboxes.functions_host import LocalFunctionsHost
+from sandboxes.spotler.app import create_app as create_spotler_app
+from sandboxes.spotler.store import SandboxConfig, SpotlerStore
+from sync_core.services.runtime import get_runtime
+from sync_core.services.status import record_status_view
+
+KEY, SECRET, TOKEN, WEBHOOK_KEY = "demo-consumer-key", "demo-consumer-secret", "demo-token", "demo-webhook-key"
+COLUMNS = frozenset(
+    {
+        "firstname",
+        "lastname",
+        "emailaddress1",
+        "jobtitle",
+        "birthdate",
+        "companyname",
+        "name",
+        "donotemail",
+        "donotbulkemail",
+        "statecode",
+        "statuscode",
+        "address1_city",
+    }
+)
+console = Console()
+
+
+def _masked(email: object) -> str:
+    if not isinstance(email, str) or "@" not in email:
+        return "-"
+    local, domain = email.split("@", 1)
+    return f"{local[:1]}…@{domain}"
+
+
+async def story(connection_string: str) -> int:
+    spotler = SpotlerStore(SandboxConfig(consumers={KEY: SECRET}))
+    dataverse = DataverseSandbox(token=TOKEN)
+    with (
+        BackgroundServer(create_spotler_app(store=spotler)) as sp_srv,
+        BackgroundServer(create_dataverse_app(dataverse)) as dv_srv,
+    ):
+        settings = {
+            "AzureWebJobsStorage": connection_string,
+            "SYNC_TABLE_PREFIX": "demo" + uuid.uuid4().hex[:8],
+            "SYNC_QUEUE_NAME": "demo-events",
+            "SPOTLER_BASE_URL": sp_srv.url,
+            "SPOTLER_CONSUMER_KEY": KEY,
+            "SPOTLER_CONSUMER_SECRET": SECRET,
+            "DATAVERSE_URL": dv_srv.url,
+            "DATAVERSE_AUTH": "static_token",
+            "DATAVERSE_STATIC_TOKEN": TOKEN,
+            "DATAVERSE_APP_USER_ID": dataverse.app_user_id,
+            "WEBHOOK_SECRET": WEBHOOK_KEY,
+            "SUPPRESSION_HASH_KEY": "demo-suppression-hash-key",
+        }
+        async with LocalFunctionsHost(settings) as host:
+            for entity in ("contact", "lead", "account"):
+                dataverse.register_webhook(
+                    url=f"{host.url}/api/dynamics/webhook?code={WEBHOOK_KEY}",
+                    entity=entity,
+                    auth_type="webhook_key",
+                    auth_value=WEBHOOK_KEY,
+                    filtering_attributes=COLUMNS,
+                    pre_image=("emailaddress1",),
+                )
+
+            async def settle() -> None:
+                await asyncio.to_thread(dataverse.drain, timeout=30.0)
+                await host.run_queue(idle_rounds=2, poll_seconds=0.05)
+
+            def step(text: str) -> None:
+                console.print(f"[bold cyan]▸[/] {text}")
+
+            step("A sales rep creates three contacts, a lead and an account in Dynamics")
+            anna = dataverse.create(
+                "contact",
+                {
+                    "firstname": "Anna",
+                    "lastname": "de Vries",
+                    "emailaddress1": "anna.devries@example.nl",
+                    "jobtitle": "Buyer",
+                },
+            )
+            bram = dataverse.create(
+                "contact", {"firstname": "Bram", "lastname": "Jansen", "emailaddress1": "bram.jansen@example.nl"}
+            )
+            noor = dataverse.create("contact", {"firstname": "Noor", "lastname": "Bakker", "emailaddress1": "noor@"})
+            lisa = dataverse.create(
+                "lead",
+                {
+                    "firstname": "Lisa",
+                    "lastname": "Visser",
+                    "subject": "Webinar",
+                    "emailaddress1": "lisa.visser@example.nl",
+                    "companyname": "Visser BV",
+                },
+            )
+            zoet = dataverse.create("account", {"name": "Bakkerij Zoet", "emailaddress1": "info@zoet.example.nl"})
+            await settle()
+            step("Anna changes job; Bram ticks Do Not Bulk Email; the lead is disqualified")
+            dataverse.edit("contact", anna, {"jobtitle": "Head of Purchasing"})
+            dataverse.edit("contact", bram, {"donotbulkemail": True})
+            dataverse.deactivate("lead", lisa)
+            await settle()
+            step("Anna updates her first name in a Spotler profile form; the 15-minute pull runs")
+            spotler.profile_edit(anna, properties={"firstName": "Anne"})
+            await asyncio.sleep(0.05)
+            await host.run_timer()
+            await settle()
+            step("Bram asks not to be e-mailed at all (Do Not Email)")
+            dataverse.edit("contact", bram, {"donotemail": True})
+            await settle()
+
+            runtime = get_runtime()
+            table = Table(title="Dynamics 365 ⇄ Spotler Mail+ after the story")
+            for col in (
+                "record",
+                "Dynamics name",
+                "Dynamics e-mail",
+                "Spotler name",
+                "Spotler e-mail",
+                "newsletter",
+                "Spotler status",
+            ):
+                table.add_column(col)
+            rows = [("contact", anna), ("contact", bram), ("contact", noor), ("lead", lisa), ("account", zoet)]
+            agree = True
+            for entity, record_id in rows:
+                row = dataverse.row(entity, record_id) or {}
+                contact = spotler.contact(record_id) or {}
+                props = contact.get("properties", {})
+                view = await record_status_view(runtime.state, entity, record_id) or {}
+                dv_name = row.get("name") or " ".join(filter(None, [row.get("firstname"), row.get("lastname")]))
+                sp_name = (
+                    props.get("organisation")
+                    if entity == "account"
+                    else " ".join(filter(None, [props.get("firstName"), props.get("lastName")]))
+                )
+                perms = {p["bit"]: p["enabled"] for p in props.get("permissions", [])}
+                reason = str(view.get("reason"))
+                if reason in ("created", "updated", "synced", "conflict_resolved"):
+                    agree = agree and dv_name == sp_name and props.get("email") == row.get("emailaddress1")
+                table.add_row(
+                    f"{entity} {record_id[:8]}",
+                    dv_name or "-",
+                    _masked(row.get("emailaddress1")),
+                    sp_name or "-",
+                    _masked(props.get("email")),
+                    {True: "on", False: "off"}.get(perms.get(1), "-"),
+                    f"{reason}: {view.get('detail', '')}",
+                )
+            console.print(table)
+            if not agree:
+                console.print("[bold red]The two systems disagree on a synced record.[/]")
+                return 1
+            console.print("[bold green]Both systems agree on every synced record.[/]")
+            return 0
+
+
+def main() -> int:
+    connection_string = os.environ.get("AZURITE_CONNECTION_STRING")
+    if not connection_string:
+        console.print("Start Azurite first (./scripts/demo does it) and set AZURITE_CONNECTION_STRING.")
+        return 2
+    return asyncio.run(story(connection_string))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

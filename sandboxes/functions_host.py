@@ -1,0 +1,159 @@
+"""Run the handlers of function_app.py as the Functions host would, on loopback (tests and the demo).
+
+The Functions host (Core Tools) is not needed: HTTP routes are served by uvicorn on the caller's event loop,
+the queue trigger is a poll of the storage queue that hands each message (with its dequeue count) to the
+queue handler and deletes it only when the handler returns, and the timer is called on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import azure.functions as func
+import uvicorn
+from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import function_app
+from sandboxes._server import free_port
+from sync_core.services.runtime import get_runtime, reset_runtime
+from sync_core.state.queue import EventQueue
+
+log = logging.getLogger("sandboxes.functions_host")
+
+
+def _to_func_request(request: Request, body: bytes) -> func.HttpRequest:
+    return func.HttpRequest(
+        method=request.method,
+        url=str(request.url),
+        headers=dict(request.headers),
+        params=dict(request.query_params),
+        route_params=dict(request.path_params),
+        body=body,
+    )
+
+
+def _from_func_response(response: func.HttpResponse) -> Response:
+    return Response(content=response.get_body(), status_code=response.status_code, media_type=response.mimetype or None)
+
+
+def _route(handler: Any) -> Any:
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        return _from_func_response(await handler(_to_func_request(request, body)))
+
+    return endpoint
+
+
+def create_host_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/api/dynamics/webhook", _route(function_app.dynamics_webhook), methods=["POST"]),
+            Route("/api/status/{entity}/{id}", _route(function_app.record_status), methods=["GET"]),
+            Route("/api/deadletters", _route(function_app.list_dead_letters), methods=["GET"]),
+            Route(
+                "/api/deadletters/{entity}/{event_id}/replay",
+                _route(function_app.replay_dead_letter),
+                methods=["POST"],
+            ),
+            Route("/api/health", _route(function_app.health), methods=["GET"]),
+        ]
+    )
+
+
+class LocalFunctionsHost:
+    """The connector's functions on a loopback port, with the queue and timer triggers driven on demand."""
+
+    def __init__(self, settings: Mapping[str, str], *, port: int | None = None, visibility_timeout: int = 1) -> None:
+        self._settings = dict(settings)
+        self._saved: dict[str, str | None] = {}
+        self.port = port or free_port()
+        self._visibility = visibility_timeout
+        self._server = uvicorn.Server(
+            uvicorn.Config(create_host_app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._queue: EventQueue | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> LocalFunctionsHost:
+        for key, value in self._settings.items():
+            self._saved[key] = os.environ.get(key)
+            os.environ[key] = value
+        await reset_runtime()
+        runtime = get_runtime()
+        await runtime.state.ensure_ready()
+        conn = runtime.settings.resolved_storage_connection_string
+        assert conn is not None, "the local host needs a storage connection string"
+        self._queue = EventQueue.from_connection_string(conn, runtime.settings.queue_name)
+        await self._queue.ensure_ready()
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.005)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._queue is not None:
+            await self._queue.aclose()
+        await reset_runtime()
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    async def run_queue(self, *, idle_rounds: int = 3, max_rounds: int = 500, poll_seconds: float = 0.2) -> int:
+        """Deliver queued events to the push worker until the queue stays empty; returns handled messages.
+
+        A handler that raises leaves its message to reappear after the visibility timeout, as in Azure.
+        """
+        assert self._queue is not None
+        handled = 0
+        idle = 0
+        for _ in range(max_rounds):
+            batch = await self._queue.receive(max_messages=16, visibility_timeout=self._visibility)
+            if not batch:
+                if await self._queue.count() == 0:
+                    idle += 1
+                    if idle >= idle_rounds:
+                        break
+                await asyncio.sleep(poll_seconds)
+                continue
+            idle = 0
+            for message in batch:
+                qmsg = QueueMessage(
+                    id=message.id, body=message.text.encode("utf-8"), dequeue_count=message.dequeue_count
+                )
+                try:
+                    await function_app.push_worker(qmsg)
+                except Exception:
+                    log.info("queue handler failed; the message will be delivered again", exc_info=True)
+                    continue
+                await self._queue.delete(message.id, message.pop_receipt)
+                handled += 1
+        return handled
+
+    async def run_timer(self) -> None:
+        """One run of the 15-minute pull."""
+        await function_app.spotler_pull(TimerRequest(past_due=False))

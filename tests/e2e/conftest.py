@@ -1,0 +1,85 @@
+"""The running connector: function_app.py handlers on loopback, Azurite, and both sandboxes over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from sandboxes.functions_host import LocalFunctionsHost
+from tests.fixtures.azurite import AzuriteInstance
+from tests.fixtures.dataverse import DataverseSandboxHandle
+from tests.fixtures.spotler import SpotlerSandbox
+
+WEBHOOK_KEY = "e2e-webhook-key"
+MAPPED_COLUMNS = (
+    "firstname",
+    "lastname",
+    "emailaddress1",
+    "jobtitle",
+    "birthdate",
+    "companyname",
+    "name",
+    "address1_line1",
+    "address1_postalcode",
+    "address1_city",
+    "address1_country",
+    "donotemail",
+    "donotbulkemail",
+    "statecode",
+    "statuscode",
+)
+
+
+@dataclass
+class Connector:
+    host: LocalFunctionsHost
+    dataverse: DataverseSandboxHandle
+    spotler: SpotlerSandbox
+    settings: dict[str, str]
+
+    async def deliver(self) -> int:
+        """Let the Dataverse sandbox deliver its webhooks, then run the queue trigger until idle."""
+        import asyncio
+
+        await asyncio.to_thread(self.dataverse.sandbox.drain, timeout=30.0)
+        return await self.host.run_queue(idle_rounds=2, poll_seconds=0.05)
+
+
+@pytest.fixture
+async def connector(
+    azurite: AzuriteInstance,
+    storage_prefix: str,
+    dataverse_sandbox: DataverseSandboxHandle,
+    spotler_sandbox: SpotlerSandbox,
+) -> AsyncIterator[Connector]:
+    settings = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "SYNC_TABLE_PREFIX": storage_prefix,
+        "SYNC_QUEUE_NAME": f"{storage_prefix}-events",
+        "SPOTLER_BASE_URL": spotler_sandbox.url,
+        "SPOTLER_CONSUMER_KEY": spotler_sandbox.consumer_key,
+        "SPOTLER_CONSUMER_SECRET": spotler_sandbox.consumer_secret,
+        "SPOTLER_MAX_ATTEMPTS": "2",
+        "DATAVERSE_URL": dataverse_sandbox.url,
+        "DATAVERSE_AUTH": "static_token",
+        "DATAVERSE_STATIC_TOKEN": dataverse_sandbox.token,
+        "DATAVERSE_APP_USER_ID": dataverse_sandbox.app_user_id,
+        "WEBHOOK_AUTH_MODE": "webhook_key",
+        "WEBHOOK_SECRET": WEBHOOK_KEY,
+        "SUPPRESSION_HASH_KEY": "e2e-suppression-hash-key",
+        "MAX_DELIVERY_ATTEMPTS": "3",
+    }
+    async with LocalFunctionsHost(settings) as host:
+        for entity in ("contact", "lead", "account"):
+            dataverse_sandbox.sandbox.register_webhook(
+                url=f"{host.url}/api/dynamics/webhook?code={WEBHOOK_KEY}",
+                entity=entity,
+                messages=frozenset({"Create", "Update", "Delete"}),
+                auth_type="webhook_key",
+                auth_value=WEBHOOK_KEY,
+                filtering_attributes=frozenset(MAPPED_COLUMNS),
+                pre_image=("emailaddress1",),
+            )
+        yield Connector(host, dataverse_sandbox, spotler_sandbox, settings)

@@ -1,0 +1,163 @@
+"""The connector end to end, through the handlers of function_app.py, on Azurite and both sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import WEBHOOK_KEY, Connector
+
+PERSON = {
+    "contact": {"firstname": "Jan", "lastname": "Dijk", "emailaddress1": "jan.dijk@example.nl", "jobtitle": "Buyer"},
+    "lead": {
+        "firstname": "Eva",
+        "lastname": "Smit",
+        "emailaddress1": "eva.smit@example.nl",
+        "companyname": "Smit BV",
+        "subject": "Interest",
+    },
+    "account": {"name": "Bakkerij Zoet", "emailaddress1": "info@zoet.example.nl"},
+}
+
+
+async def status(connector: Connector, entity: str, record_id: str) -> dict[str, object]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{connector.host.url}/api/status/{entity}/{record_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+@pytest.mark.parametrize("entity", ["contact", "lead", "account"])
+async def test_create_update_do_not_email_and_delete_reach_spotler(connector: Connector, entity: str) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    record_id = dv.create(entity, PERSON[entity])
+    await connector.deliver()
+    created = sp.contact(record_id)
+    assert created is not None
+    assert created["properties"]["email"] == PERSON[entity]["emailaddress1"]
+    assert (await status(connector, entity, record_id))["reason"] == "created"
+
+    if entity == "account":
+        dv.edit(entity, record_id, {"name": "Bakkerij Zoet & Zo"})
+        expected = ("organisation", "Bakkerij Zoet & Zo")
+    else:
+        dv.edit(entity, record_id, {"lastname": "van Dijk"})
+        expected = ("lastName", "van Dijk")
+    await connector.deliver()
+    assert sp.contact(record_id)["properties"][expected[0]] == expected[1]
+    assert (await status(connector, entity, record_id))["reason"] == "updated"
+
+    dv.edit(entity, record_id, {"donotemail": True})
+    await connector.deliver()
+    anonymized = sp.contact(record_id)
+    assert "email" not in anonymized["properties"]
+    view = await status(connector, entity, record_id)
+    assert view["reason"] == "anonymized"
+    assert "jan" not in str(view).lower()
+    assert "@" not in str(view)
+
+    dv.delete(entity, record_id)
+    await connector.deliver()
+    assert len([c for c in sp.contacts() if c["externalId"] == record_id]) == 1
+
+
+async def test_deactivate_anonymizes_and_reactivate_restores_the_contact(connector: Connector) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    record_id = dv.create("contact", PERSON["contact"])
+    await connector.deliver()
+    dv.deactivate("contact", record_id)
+    await connector.deliver()
+    assert "email" not in sp.contact(record_id)["properties"]
+    assert (await status(connector, "contact", record_id))["reason"] == "anonymized"
+    dv.activate("contact", record_id)
+    await connector.deliver()
+    assert sp.contact(record_id)["properties"]["email"] == PERSON["contact"]["emailaddress1"]
+    assert (await status(connector, "contact", record_id))["reason"] in ("created", "updated")
+
+
+async def test_do_not_bulk_email_turns_permissions_off_in_spotler(connector: Connector) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    record_id = dv.create("contact", PERSON["contact"])
+    await connector.deliver()
+    assert _permission(sp.contact(record_id), 1) is True
+    dv.edit("contact", record_id, {"donotbulkemail": True})
+    await connector.deliver()
+    assert _permission(sp.contact(record_id), 1) is False
+
+
+def _permission(contact: dict[str, object] | None, bit: int) -> bool | None:
+    assert contact is not None
+    props = contact["properties"]
+    assert isinstance(props, dict)
+    for item in props.get("permissions", []):
+        if item["bit"] == bit:
+            return bool(item["enabled"])
+    return None
+
+
+async def test_profile_edit_reaches_dynamics_for_two_way_fields_only_and_echo_writes_nothing(
+    connector: Connector,
+) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    record_id = dv.create("contact", PERSON["contact"])
+    await connector.deliver()
+    sp.profile_edit(record_id, properties={"firstName": "Janneke", "jobTitle": "Chef"}, permissions={1: False})
+    # A pull reads the feed up to (excluding) the moment it starts; let the edit be strictly before that.
+    await asyncio.sleep(0.05)
+    await connector.host.run_timer()
+    row = dv.row("contact", record_id)
+    assert row is not None
+    assert row["firstname"] == "Janneke"  # 🔁
+    assert row["jobtitle"] == "Buyer"  # ➡ only: Spotler's value does not come back
+    assert row["donotbulkemail"] is True  # the permission flowed back
+    # Our own write-back is recognised: its webhook causes no Spotler write, and a second pull writes nothing.
+    await connector.deliver()
+    sp.reset_call_counts()
+    writes_before = len(dv.writes)
+    await connector.host.run_timer()
+    await connector.deliver()
+    counts = sp.call_counts()
+    assert not any(k.startswith(("POST", "PUT")) for k in counts), counts
+    assert len(dv.writes) == writes_before
+
+
+async def test_duplicate_delivery_leaves_one_contact_and_one_write(connector: Connector) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    dv.set_webhook_options(duplicate=True)
+    record_id = dv.create("contact", PERSON["contact"])
+    await connector.deliver()
+    assert len([c for c in sp.contacts() if c["externalId"] == record_id]) == 1
+    writes = {k: v for k, v in sp.call_counts().items() if k.startswith(("POST", "PUT"))}
+    assert sum(writes.values()) == 1, writes
+
+
+@pytest.mark.parametrize(
+    ("url_suffix", "body", "expected"),
+    [
+        (f"?code={WEBHOOK_KEY}", b"{not json", 400),
+        ("?code=wrong", b"{}", 401),
+        ("", b"{}", 401),
+        (f"?code={WEBHOOK_KEY}", b"{" + b" " * 2_000_000 + b"}", 413),
+    ],
+)
+async def test_rejected_webhook_calls_leave_queue_and_tables_untouched(
+    connector: Connector, url_suffix: str, body: bytes, expected: int
+) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{connector.host.url}/api/dynamics/webhook{url_suffix}", content=body)
+    assert response.status_code == expected
+    if expected == 401:
+        assert response.json() == {"status": "unauthorized"}
+    assert await connector.host.run_queue(idle_rounds=1, poll_seconds=0.01) == 0
+
+
+async def test_health_reports_configuration_and_storage(connector: Connector) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{connector.host.url}/api/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["storage"] == "ok"
+    assert "secret" not in response.text.lower()

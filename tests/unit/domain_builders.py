@@ -1,0 +1,119 @@
+"""Small builders shared by the domain tests: a person's row, synced state, and a Spotler write simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sync_core.consent import email_hash
+from sync_core.mapping import EntityMapping, default_mapping
+from sync_core.plan import PushAction, PushInput, PushOptions, plan_push
+from sync_core.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
+from sync_core.state_model import LinkState
+
+KEY = b"unit-test-hash-key-0123456789abc"
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+MAPPING = default_mapping()
+
+
+def entity_mapping(entity: EntityName = "contact") -> EntityMapping:
+    mapping = MAPPING.for_entity(entity)
+    assert mapping is not None
+    return mapping
+
+
+def options(**kw: Any) -> PushOptions:
+    return PushOptions(hash_key=KEY, **kw)
+
+
+def person(**overrides: AttrValue) -> dict[str, AttrValue]:
+    attrs: dict[str, AttrValue] = {
+        "firstname": "Ada",
+        "lastname": "Lovelace",
+        "emailaddress1": "ada@example.com",
+        "jobtitle": "Analyst",
+        "birthdate": "1815-12-10",
+        "address1_line1": "1 St James's Square",
+        "address1_postalcode": "SW1Y 4JH",
+        "address1_city": "London",
+        "address1_country": "UK",
+        "companyname": "Analytical Engines",
+        "name": "Analytical Engines",
+        "statecode": 0,
+        "donotemail": False,
+        "donotbulkemail": False,
+    }
+    attrs.update(overrides)
+    return attrs
+
+
+def hashed(email: str) -> str:
+    return email_hash(KEY, email)
+
+
+def push_input(
+    attrs: Mapping[str, AttrValue] | None,
+    *,
+    entity: EntityName = "contact",
+    record_id: str = "c-1",
+    kind: ChangeKind = ChangeKind.UPDATE,
+    now: datetime | None = None,
+    changed: frozenset[str] | set[str] | None = None,
+    **kw: Any,
+) -> PushInput:
+    if changed is None:
+        changed = frozenset(attrs or {}) if kind is ChangeKind.CREATE else frozenset()
+    return PushInput(
+        entity=entity,
+        record_id=record_id,
+        kind=kind,
+        attributes=attrs,
+        now=now or T0 + timedelta(hours=1),
+        changed=frozenset(changed),
+        **kw,
+    )
+
+
+def apply_write(current: SpotlerContact | None, write: SpotlerContact, when: datetime) -> SpotlerContact:
+    """Spotler's insert/update with purge=false: given properties replace, set bits merge, others stay."""
+    props: dict[str, PropValue] = dict(current.properties) if current is not None else {}
+    for name, value in write.properties.items():
+        if isinstance(value, dict):
+            old = props.get(name)
+            merged = dict(old) if isinstance(old, dict) else {}
+            merged.update(value)
+            props[name] = merged
+        elif value is None or (isinstance(value, str) and not value.strip()):
+            props.pop(name, None)
+        else:
+            props[name] = value
+    perms = dict(current.permissions) if current is not None else {}
+    perms.update(write.permissions)
+    base = current or SpotlerContact(external_id=write.external_id, created=when, channels={"EMAIL": True})
+    return dataclasses.replace(base, properties=props, permissions=perms, last_changed=when)
+
+
+def synced(
+    attrs: Mapping[str, AttrValue],
+    *,
+    entity: EntityName = "contact",
+    record_id: str = "c-1",
+    opts: PushOptions | None = None,
+    mapping: EntityMapping | None = None,
+    at: datetime = T0,
+    version: int = 1,
+) -> tuple[LinkState, SpotlerContact]:
+    """The link and Spotler contact after the row was created in Spotler."""
+    plan = plan_push(
+        push_input(
+            attrs, entity=entity, record_id=record_id, kind=ChangeKind.CREATE, now=at, version=version, modified_on=at
+        ),
+        mapping or entity_mapping(entity),
+        opts or options(),
+    )
+    assert plan.action is PushAction.CREATE, plan
+    assert plan.contact is not None
+    assert plan.link is not None
+    return plan.link, apply_write(None, plan.contact, at)
