@@ -41,7 +41,7 @@ COLUMNS = frozenset(
         "address1_city",
     }
 )
-console = Console()
+console = Console(width=160)
 
 
 def _masked(email: object) -> str:
