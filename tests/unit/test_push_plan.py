@@ -688,3 +688,31 @@ def test_unconvertible_value_is_not_sent_and_noted() -> None:
     assert plan.reason is ReasonCode.CREATED
     assert any(c.startswith("new_score:") for c in plan.conflicts)
     assert all("lots" not in c for c in plan.conflicts)
+
+
+def test_do_not_email_on_a_linked_follower_row_anonymizes_the_shared_contact() -> None:
+    contact_link, shared = synced(person())
+    first = plan_push(
+        push_input(
+            person(), entity="lead", record_id="l-1", kind=ChangeKind.CREATE, email_match=shared, peers=[contact_link]
+        ),
+        LEAD,
+        options(),
+    )
+    assert first.link is not None
+    plan = plan_push(
+        push_input(
+            person(donotemail=True),
+            entity="lead",
+            record_id="l-1",
+            link=first.link,
+            spotler=shared,
+            peers=[contact_link],
+            changed={"donotemail"},
+        ),
+        LEAD,
+        options(),
+    )
+    assert plan.action is PushAction.ANONYMIZE
+    assert plan.external_id == "c-1"
+    assert plan.suppress is not None
