@@ -9,7 +9,7 @@ from typing import Any
 import azure.functions as func
 
 from sync_core.event_codec import EventDecodeError, decode_event
-from sync_core.records import ENTITY_NAMES
+from sync_core.records import ENTITY_NAMES, as_entity
 from sync_core.services.push import RetryLater
 from sync_core.services.runtime import describe, get_runtime
 from sync_core.services.status import dead_letter_view, record_status_view
@@ -77,9 +77,9 @@ async def spotler_pull(timer: func.TimerRequest) -> None:
 
 async def record_status(req: func.HttpRequest) -> func.HttpResponse:
     """The Spotler status of one record: reason code, last outcome and attempt, externalId (no e-mail)."""
-    entity = req.route_params.get("entity", "")
+    entity = as_entity(req.route_params.get("entity", ""))
     record_id = req.route_params.get("id", "").strip("{}").lower()
-    if entity not in ENTITY_NAMES:
+    if entity is None:
         return _json(400, {"error": f"entity must be one of {', '.join(ENTITY_NAMES)}"})
     runtime = get_runtime()
     view = await record_status_view(runtime.state, entity, record_id)
@@ -97,9 +97,9 @@ async def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
 
 async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
     """Replay one dead letter now."""
-    entity = req.route_params.get("entity", "")
+    entity = as_entity(req.route_params.get("entity", ""))
     event_id = req.route_params.get("event_id", "")
-    if entity not in ENTITY_NAMES:
+    if entity is None:
         return _json(400, {"error": f"entity must be one of {', '.join(ENTITY_NAMES)}"})
     runtime = get_runtime()
     if await runtime.state.get_dead_letter(entity, event_id) is None:

@@ -25,22 +25,6 @@ from sync_core.services.runtime import get_runtime
 from sync_core.services.status import record_status_view
 
 KEY, SECRET, TOKEN, WEBHOOK_KEY = "demo-consumer-key", "demo-consumer-secret", "demo-token", "demo-webhook-key"
-COLUMNS = frozenset(
-    {
-        "firstname",
-        "lastname",
-        "emailaddress1",
-        "jobtitle",
-        "birthdate",
-        "companyname",
-        "name",
-        "donotemail",
-        "donotbulkemail",
-        "statecode",
-        "statuscode",
-        "address1_city",
-    }
-)
 console = Console(width=160)
 
 
@@ -73,15 +57,7 @@ async def story(connection_string: str) -> int:
             "SUPPRESSION_HASH_KEY": "demo-suppression-hash-key",
         }
         async with LocalFunctionsHost(settings) as host:
-            for entity in ("contact", "lead", "account"):
-                dataverse.register_webhook(
-                    url=f"{host.url}/api/dynamics/webhook?code={WEBHOOK_KEY}",
-                    entity=entity,
-                    auth_type="webhook_key",
-                    auth_value=WEBHOOK_KEY,
-                    filtering_attributes=COLUMNS,
-                    pre_image=("emailaddress1",),
-                )
+            host.register_webhooks(dataverse, key=WEBHOOK_KEY)
 
             async def settle() -> None:
                 await asyncio.to_thread(dataverse.drain, timeout=30.0)

@@ -26,6 +26,8 @@ from starlette.routing import Route
 
 import function_app
 from sandboxes._server import free_port
+from sandboxes.dataverse import DataverseSandbox
+from sync_core.records import ENTITY_NAMES
 from sync_core.services.runtime import get_runtime, reset_runtime
 from sync_core.state.queue import EventQueue
 
@@ -157,3 +159,24 @@ class LocalFunctionsHost:
     async def run_timer(self) -> None:
         """One run of the 15-minute pull."""
         await function_app.spotler_pull(TimerRequest(past_due=False))
+
+    def register_webhooks(self, dataverse: DataverseSandbox, *, key: str) -> None:
+        """Register the connector in the Dataverse sandbox as docs/deploy.md tells an operator to.
+
+        Create, Update and Delete steps per mapped table, Update filtered to the columns the mapping
+        watches, and a pre-image with the e-mail column so that a Delete can leave its tombstone.
+        """
+        runtime = get_runtime()
+        for entity in ENTITY_NAMES:
+            mapping = runtime.mapping.for_entity(entity)
+            if mapping is None:
+                continue
+            dataverse.register_webhook(
+                url=f"{self.url}/api/dynamics/webhook?code={key}",
+                entity=entity,
+                messages=frozenset({"Create", "Update", "Delete"}),
+                auth_type="webhook_key",
+                auth_value=key,
+                filtering_attributes=frozenset(mapping.watched_columns()),
+                pre_image=(mapping.email_attribute,),
+            )

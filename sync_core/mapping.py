@@ -233,6 +233,13 @@ class EntityMapping(_Strict):
         cols += [r.attribute for r in self.exclude]
         return list(dict.fromkeys(cols))
 
+    def watched_columns(self) -> list[str]:
+        """The filtering attributes to register on the Update step: a change elsewhere needs no push.
+
+        `modifiedon` is left out: it changes on every save, including the connector's own status writes.
+        """
+        return [c for c in self.columns() if c != "modifiedon"]
+
 
 class MappingConfig(_Strict):
     """The whole mapping file."""
@@ -240,6 +247,11 @@ class MappingConfig(_Strict):
     schema_ref: str | None = Field(default=None, alias="$schema", description="Editor hint; ignored.")
     version: Literal[1] = 1
     entities: dict[EntityName, EntityMapping]
+
+    def multi_select_columns(self) -> tuple[str, ...]:
+        """Dataverse columns mapped as multi-select choices (the Web API writes them as "1,2,3")."""
+        names = (f.dataverse for m in self.entities.values() for f in m.fields if f.type == "multichoice")
+        return tuple(dict.fromkeys(names))
 
     def for_entity(self, entity: EntityName) -> EntityMapping | None:
         mapping = self.entities.get(entity)

@@ -16,6 +16,13 @@ from typing import Literal, get_args
 
 EntityName = Literal["contact", "lead", "account"]
 ENTITY_NAMES: tuple[EntityName, ...] = get_args(EntityName)
+_ENTITIES: dict[str, EntityName] = {name: name for name in ENTITY_NAMES}
+
+
+def as_entity(value: str) -> EntityName | None:
+    """`value` as an entity name, or None when it is not one we sync."""
+    return _ENTITIES.get(value)
+
 
 AttrValue = str | int | float | bool | list[int] | None
 """A Dataverse attribute value in Web API form."""
@@ -94,6 +101,12 @@ class ChangeEvent:
     def statecode(self) -> int | None:
         value = self.attributes.get("statecode")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def made_by(self, user_id: str | None) -> bool:
+        """True when `user_id` (e.g. the connector's application user) made or initiated this change."""
+        if not user_id:
+            return False
+        return user_id.lower() in {(self.initiating_user_id or "").lower(), (self.user_id or "").lower()}
 
 
 @dataclass(frozen=True, slots=True)

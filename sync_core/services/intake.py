@@ -49,7 +49,7 @@ class WebhookIntake:
         self._sink = sink
         self._max_bytes = max_bytes
         self._mapping = mapping
-        self._app_user = app_user_id.lower() if app_user_id else None
+        self._app_user = app_user_id
 
     async def accept(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> IntakeResult:
         if not self._auth.verify(query, headers):
@@ -64,10 +64,7 @@ class WebhookIntake:
             return IntakeResult(400, str(exc))
         if self._mapping.for_entity(event.entity) is None:
             return IntakeResult(200, f"ignored: {event.entity} is not mapped")
-        if self._app_user is not None and self._app_user in {
-            (event.initiating_user_id or "").lower(),
-            (event.user_id or "").lower(),
-        }:
+        if event.made_by(self._app_user):
             return IntakeResult(200, "ignored: change made by the connector itself")
         try:
             message_id = await self._sink.send(encode_event(event))

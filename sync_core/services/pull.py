@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
@@ -9,14 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sync_core.errors import PermanentError, SyncError
+from sync_core.errors import SyncError
 from sync_core.event_codec import EventDecodeError, event_from_dict
 from sync_core.mapping import MappingConfig
 from sync_core.merge import PullPlan, plan_pull
 from sync_core.plan import PushOptions
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
-from sync_core.records import EventSource, RowUpdate, SpotlerContact
+from sync_core.records import EntityName, EventSource, RowUpdate, SpotlerContact
 from sync_core.services.push import PushService, RetryLater, backoff_delay
 from sync_core.state_model import StatusEntry, Watermark
 
@@ -32,6 +33,7 @@ class PullOptions:
     page_size: int = 500
     run_lease: timedelta = timedelta(minutes=10)
     max_replays: int = 6
+    read_concurrency: int = 8
 
 
 @dataclass(slots=True)
@@ -156,21 +158,27 @@ class PullService:
 
     async def _apply_page(self, contacts: tuple[SpotlerContact, ...], report: PullReport) -> None:
         """Apply one page; raises (without moving the watermark) when a change could not be applied yet."""
-        plans: list[tuple[PullPlan, str]] = []
         now = self._clock()
-        for contact in contacts:
-            for link in await self._state.links_for_external_id(contact.external_id):
-                mapping = self._mapping.for_entity(link.entity)
-                if mapping is None:
-                    continue
-                row = await self._dataverse.get_row(link.entity, link.record_id, mapping.columns())
-                plan = plan_pull(contact, link, row, mapping, self._options, now)
-                if plan.skipped:
-                    continue
-                plans.append((plan, contact.external_id))
-        updates = [RowUpdate(p.link.entity, p.link.record_id, p.changes, etag=p.etag) for p, _ in plans if p.changes]
+        # The page's reads go out together, bounded well below Dataverse's concurrency limit.
+        gate = asyncio.Semaphore(self._pull.read_concurrency)
+
+        async def plans_for(contact: SpotlerContact) -> list[PullPlan]:
+            async with gate:
+                found: list[PullPlan] = []
+                for link in await self._state.links_for_external_id(contact.external_id):
+                    mapping = self._mapping.for_entity(link.entity)
+                    if mapping is None:
+                        continue
+                    row = await self._dataverse.get_row(link.entity, link.record_id, mapping.columns())
+                    plan = plan_pull(contact, link, row, mapping, self._options, now)
+                    if not plan.skipped:
+                        found.append(plan)
+                return found
+
+        plans = [plan for group in await asyncio.gather(*map(plans_for, contacts)) for plan in group]
+        updates = [RowUpdate(p.link.entity, p.link.record_id, p.changes, etag=p.etag) for p in plans if p.changes]
         results = {(r.entity, r.record_id): r for r in await self._dataverse.update_rows(updates)} if updates else {}
-        for plan, _external_id in plans:
+        for plan in plans:
             link = plan.link
             result = results.get((link.entity, link.record_id))
             if result is not None and not result.ok:
@@ -195,17 +203,14 @@ class PullService:
 
     async def _status(
         self,
-        entity: str,
+        entity: EntityName,
         record_id: str,
         reason: ReasonCode,
         detail: str,
         now: datetime,
         external_id: str | None = None,
     ) -> None:
-        assert entity in ("contact", "lead", "account")
-        await self._state.append_status(
-            StatusEntry(entity, record_id, now, reason, "pull", detail, external_id)  # type: ignore[arg-type]
-        )
+        await self._state.append_status(StatusEntry(entity, record_id, now, reason, "pull", detail, external_id))
 
     async def replay_due(self, report: PullReport | None = None) -> PullReport:
         """Retry dead letters whose next attempt is due; each failure pushes the next attempt further out."""
@@ -221,12 +226,11 @@ class PullService:
                 report.replay_failures += 1
         return report
 
-    async def replay(self, entity: str, event_id: str) -> bool:
+    async def replay(self, entity: EntityName, event_id: str) -> bool:
         """Replay one dead letter now; True when it was applied (and removed)."""
         if self._push is None:
             return False
-        assert entity in ("contact", "lead", "account")
-        letter = await self._state.get_dead_letter(entity, event_id)  # type: ignore[arg-type]
+        letter = await self._state.get_dead_letter(entity, event_id)
         if letter is None:
             return False
         now = self._clock()
@@ -255,6 +259,3 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     if b is None:
         return a
     return max(a, b)
-
-
-__all__ = ["WATERMARK_NAME", "PermanentError", "PullOptions", "PullReport", "PullService"]

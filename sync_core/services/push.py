@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sync_core.consent import email_hash, normalize_email
-from sync_core.errors import NotFoundError, PermanentError, SyncError
+from sync_core.errors import NotFoundError, SyncError
 from sync_core.event_codec import event_to_dict
 from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
@@ -72,21 +72,15 @@ class PushService:
         self._mapping = mapping
         self._options = options
         self._clock = clock
-        self._app_user = app_user_id.lower() if app_user_id else None
+        self._app_user = app_user_id
         self._status_columns = status_columns
-
-    def caused_by_us(self, event: ChangeEvent) -> bool:
-        """True for changes our own application user made (pull write-backs, status columns)."""
-        if self._app_user is None:
-            return False
-        return self._app_user in {(event.initiating_user_id or "").lower(), (event.user_id or "").lower()}
 
     async def handle(self, event: ChangeEvent, *, owner: str) -> PushOutcome:
         """Apply `event` once. Raises RetryLater on a transient failure (after releasing its claim)."""
         mapping = self._mapping.for_entity(event.entity)
         if mapping is None:
             return PushOutcome("ignored", None, f"{event.entity} is not mapped")
-        if self.caused_by_us(event):
+        if event.made_by(self._app_user):  # our own pull write-backs and status columns
             return PushOutcome("ignored", None, "change made by the connector itself")
         now = self._clock()
         if not await self._state.claim_delivery(event.idempotency_key, owner=owner, now=now):
@@ -114,7 +108,7 @@ class PushService:
 
     async def _row_attributes(self, event: ChangeEvent, mapping: EntityMapping) -> dict[str, AttrValue] | None:
         if event.kind is ChangeKind.DELETE:
-            return None
+            return dict(event.attributes)  # the pre-image, if one was registered: the row itself is gone
         columns = mapping.columns()
         if event.complete and all(c in event.attributes for c in columns):
             return dict(event.attributes)
@@ -126,14 +120,15 @@ class PushService:
         link = await self._state.get_link(event.entity, event.record_id)
         external_id = link.external_id if link is not None else event.record_id
         spotler = await self._spotler.get_contact(external_id)
-        email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        # A delete's pre-image feeds its tombstone, but a gone row is never paired or checked by e-mail.
+        email = None
+        if attrs is not None and event.kind is not ChangeKind.DELETE:
+            email = normalize_email(attrs.get(mapping.email_attribute))
         email_match: SpotlerContact | None = None
         if link is None and spotler is None and email is not None:
             matches = await self._spotler.search_by_email(email)
             matches = [m for m in matches if m.email and m.email.casefold() == email.casefold()]
             email_match = min(matches, key=lambda m: m.external_id) if matches else None
-            if email_match is not None:
-                spotler = None
         key = self._options.hash_key
         suppression = await self._state.get_suppression(email_hash(key, email)) if email else None
         target_id = link.external_id if link is not None else (email_match.external_id if email_match else external_id)
@@ -243,7 +238,7 @@ class PushService:
             changes[cols.detail] = detail[:2000]
         try:
             await self._dataverse.update_row(event.entity, event.record_id, changes)
-        except (NotFoundError, PermanentError, SyncError) as exc:
+        except SyncError as exc:
             log.warning(
                 "status column not written",
                 extra={"entity": event.entity, "record_id": event.record_id, "error": type(exc).__name__},

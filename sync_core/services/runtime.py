@@ -99,7 +99,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         token=settings.dataverse_static_token.get_secret_value() if settings.dataverse_static_token else None,
     )
     dataverse = DataverseClient(
-        base_url=settings.dataverse_url, credential=credential, timeout=settings.dataverse_timeout_seconds
+        base_url=settings.dataverse_url,
+        credential=credential,
+        timeout=settings.dataverse_timeout_seconds,
+        multi_select_columns=mapping.multi_select_columns(),
     )
     options = push_options(settings)
     push = PushService(

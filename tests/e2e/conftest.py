@@ -13,23 +13,6 @@ from tests.fixtures.dataverse import DataverseSandboxHandle
 from tests.fixtures.spotler import SpotlerSandbox
 
 WEBHOOK_KEY = "e2e-webhook-key"
-MAPPED_COLUMNS = (
-    "firstname",
-    "lastname",
-    "emailaddress1",
-    "jobtitle",
-    "birthdate",
-    "companyname",
-    "name",
-    "address1_line1",
-    "address1_postalcode",
-    "address1_city",
-    "address1_country",
-    "donotemail",
-    "donotbulkemail",
-    "statecode",
-    "statuscode",
-)
 
 
 @dataclass
@@ -72,14 +55,5 @@ async def connector(
         "MAX_DELIVERY_ATTEMPTS": "3",
     }
     async with LocalFunctionsHost(settings) as host:
-        for entity in ("contact", "lead", "account"):
-            dataverse_sandbox.sandbox.register_webhook(
-                url=f"{host.url}/api/dynamics/webhook?code={WEBHOOK_KEY}",
-                entity=entity,
-                messages=frozenset({"Create", "Update", "Delete"}),
-                auth_type="webhook_key",
-                auth_value=WEBHOOK_KEY,
-                filtering_attributes=frozenset(MAPPED_COLUMNS),
-                pre_image=("emailaddress1",),
-            )
+        host.register_webhooks(dataverse_sandbox.sandbox, key=WEBHOOK_KEY)
         yield Connector(host, dataverse_sandbox, spotler_sandbox, settings)

@@ -128,7 +128,10 @@ async def test_duplicate_delivery_leaves_one_contact_and_one_write(connector: Co
     dv, sp = connector.dataverse.sandbox, connector.spotler.store
     dv.set_webhook_options(duplicate=True)
     record_id = dv.create("contact", PERSON["contact"])
-    await connector.deliver()
+    handled = await connector.deliver()
+    delivered = [d for d in dv.deliveries() if d.record_id == record_id and d.status == "succeeded"]
+    assert len(delivered) == 2, "the sandbox must really have delivered the event twice"
+    assert handled == 2
     assert len([c for c in sp.contacts() if c["externalId"] == record_id]) == 1
     writes = {k: v for k, v in sp.call_counts().items() if k.startswith(("POST", "PUT"))}
     assert sum(writes.values()) == 1, writes
@@ -161,3 +164,21 @@ async def test_health_reports_configuration_and_storage(connector: Connector) ->
     body = response.json()
     assert body["storage"] == "ok"
     assert "secret" not in response.text.lower()
+
+
+async def test_delete_of_an_unlinked_record_tombstones_the_address_from_its_pre_image(connector: Connector) -> None:
+    from sync_core.consent import email_hash
+    from sync_core.services.runtime import get_runtime
+
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    # A row that exists in both systems but was never linked by the connector; Spotler holds no e-mail for it.
+    record_id = dv.seed("contact", PERSON["contact"])
+    sp.seed([{"externalId": record_id, "properties": {"firstName": "Jan"}}])
+    dv.delete("contact", record_id)
+    await connector.deliver()
+
+    runtime = get_runtime()
+    key = connector.settings["SUPPRESSION_HASH_KEY"].encode()
+    tombstone = await runtime.state.get_suppression(email_hash(key, PERSON["contact"]["emailaddress1"]))
+    assert tombstone is not None
+    assert (await status(connector, "contact", record_id))["reason"] == "anonymized"
