@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import AsyncContextManager
 
 import pytest
 
@@ -24,36 +27,51 @@ class Connector:
 
     async def deliver(self) -> int:
         """Let the Dataverse sandbox deliver its webhooks, then run the queue trigger until idle."""
-        import asyncio
-
         await asyncio.to_thread(self.dataverse.sandbox.drain, timeout=30.0)
         return await self.host.run_queue(idle_rounds=2, poll_seconds=0.05)
 
 
+ConnectorFactory = Callable[..., AsyncContextManager[Connector]]
+
+
 @pytest.fixture
-async def connector(
+def connector_factory(
     azurite: AzuriteInstance,
     storage_prefix: str,
     dataverse_sandbox: DataverseSandboxHandle,
     spotler_sandbox: SpotlerSandbox,
-) -> AsyncIterator[Connector]:
-    settings = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "SYNC_TABLE_PREFIX": storage_prefix,
-        "SYNC_QUEUE_NAME": f"{storage_prefix}-events",
-        "SPOTLER_BASE_URL": spotler_sandbox.url,
-        "SPOTLER_CONSUMER_KEY": spotler_sandbox.consumer_key,
-        "SPOTLER_CONSUMER_SECRET": spotler_sandbox.consumer_secret,
-        "SPOTLER_MAX_ATTEMPTS": "2",
-        "DATAVERSE_URL": dataverse_sandbox.url,
-        "DATAVERSE_AUTH": "static_token",
-        "DATAVERSE_STATIC_TOKEN": dataverse_sandbox.token,
-        "DATAVERSE_APP_USER_ID": dataverse_sandbox.app_user_id,
-        "WEBHOOK_AUTH_MODE": "webhook_key",
-        "WEBHOOK_SECRET": WEBHOOK_KEY,
-        "SUPPRESSION_HASH_KEY": "e2e-suppression-hash-key",
-        "MAX_DELIVERY_ATTEMPTS": "3",
-    }
-    async with LocalFunctionsHost(settings) as host:
-        host.register_webhooks(dataverse_sandbox.sandbox, key=WEBHOOK_KEY)
-        yield Connector(host, dataverse_sandbox, spotler_sandbox, settings)
+) -> ConnectorFactory:
+    """Start the connector with the e2e settings, overridden (or removed, with None) by keyword."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: str | None) -> AsyncIterator[Connector]:
+        settings: dict[str, str | None] = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "SYNC_TABLE_PREFIX": storage_prefix,
+            "SYNC_QUEUE_NAME": f"{storage_prefix}-events",
+            "SPOTLER_BASE_URL": spotler_sandbox.url,
+            "SPOTLER_CONSUMER_KEY": spotler_sandbox.consumer_key,
+            "SPOTLER_CONSUMER_SECRET": spotler_sandbox.consumer_secret,
+            "SPOTLER_MAX_ATTEMPTS": "2",
+            "DATAVERSE_URL": dataverse_sandbox.url,
+            "DATAVERSE_AUTH": "static_token",
+            "DATAVERSE_STATIC_TOKEN": dataverse_sandbox.token,
+            "DATAVERSE_APP_USER_ID": dataverse_sandbox.app_user_id,
+            "WEBHOOK_AUTH_MODE": "webhook_key",
+            "WEBHOOK_SECRET": WEBHOOK_KEY,
+            "SUPPRESSION_HASH_KEY": "e2e-suppression-hash-key",
+            "MAX_DELIVERY_ATTEMPTS": "3",
+        }
+        settings.update(overrides)
+        final = {k: v for k, v in settings.items() if v is not None}
+        async with LocalFunctionsHost(final) as host:
+            host.register_webhooks(dataverse_sandbox.sandbox, key=WEBHOOK_KEY)
+            yield Connector(host, dataverse_sandbox, spotler_sandbox, final)
+
+    return start
+
+
+@pytest.fixture
+async def connector(connector_factory: ConnectorFactory) -> AsyncIterator[Connector]:
+    async with connector_factory() as running:
+        yield running
