@@ -125,36 +125,70 @@ class LocalFunctionsHost:
             else:
                 os.environ[key] = value
 
-    async def run_queue(self, *, idle_rounds: int = 3, max_rounds: int = 500, poll_seconds: float = 0.2) -> int:
+    async def run_queue(
+        self, *, idle_rounds: int = 3, max_rounds: int = 500, poll_seconds: float = 0.2, batch_size: int = 8
+    ) -> int:
         """Deliver queued events to the push worker until the queue stays empty; returns handled messages.
 
-        A handler that raises leaves its message to reappear after the visibility timeout, as in Azure.
+        Like the host (host.json `batchSize`), a batch of messages is handled concurrently. A handler that
+        raises leaves its message to reappear after the visibility timeout, as in Azure.
         """
         assert self._queue is not None
+        queue = self._queue
         handled = 0
         idle = 0
+
+        async def deliver(message: Any) -> bool:
+            try:
+                await function_app.push_worker(self._message(message))
+            except Exception:
+                log.info("queue handler failed; the message will be delivered again", exc_info=True)
+                return False
+            await queue.delete(message.id, message.pop_receipt)
+            return True
+
         for _ in range(max_rounds):
-            batch = await self._queue.receive(max_messages=16, visibility_timeout=self._visibility)
+            batch = await queue.receive(max_messages=batch_size, visibility_timeout=self._visibility)
             if not batch:
-                if await self._queue.count() == 0:
+                if await queue.count() == 0:
                     idle += 1
                     if idle >= idle_rounds:
                         break
                 await asyncio.sleep(poll_seconds)
                 continue
             idle = 0
-            for message in batch:
-                qmsg = QueueMessage(
-                    id=message.id, body=message.text.encode("utf-8"), dequeue_count=message.dequeue_count
-                )
-                try:
-                    await function_app.push_worker(qmsg)
-                except Exception:
-                    log.info("queue handler failed; the message will be delivered again", exc_info=True)
-                    continue
-                await self._queue.delete(message.id, message.pop_receipt)
-                handled += 1
+            handled += sum(await asyncio.gather(*(deliver(m) for m in batch)))
         return handled
+
+    async def run_queue_once(self, *, batch_size: int = 8) -> tuple[int, int]:
+        """Deliver every message visible now exactly once, a batch at a time; returns (handled, failed).
+
+        Failed messages are made visible again afterwards (their dequeue count has gone up), so a test can
+        see the state between two deliveries of the same events.
+        """
+        assert self._queue is not None
+        queue = self._queue
+        failed: list[Any] = []
+
+        async def deliver(message: Any) -> bool:
+            try:
+                await function_app.push_worker(self._message(message))
+            except Exception:
+                failed.append(message)
+                return False
+            await queue.delete(message.id, message.pop_receipt)
+            return True
+
+        handled = 0
+        while batch := await queue.receive(max_messages=batch_size, visibility_timeout=300):
+            handled += sum(await asyncio.gather(*(deliver(m) for m in batch)))
+        for message in failed:
+            await queue.release(message.id, message.pop_receipt)
+        return handled, len(failed)
+
+    @staticmethod
+    def _message(message: Any) -> QueueMessage:
+        return QueueMessage(id=message.id, body=message.text.encode("utf-8"), dequeue_count=message.dequeue_count)
 
     async def run_timer(self) -> None:
         """One run of the 15-minute pull."""

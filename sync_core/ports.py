@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync_core.records import (
@@ -159,6 +159,14 @@ class StateStore(Protocol):
 
     async def release_delivery(self, key: str, *, owner: str) -> None:
         """Give the claim up after a failure so that a retry can claim it again."""
+        ...
+
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Hold the lease `name` until `now + ttl`: True when free, expired or already held by `owner`."""
+        ...
+
+    async def release_lease(self, name: str, *, owner: str) -> None:
+        """Give the lease up if `owner` still holds it."""
         ...
 
     async def aclose(self) -> None: ...

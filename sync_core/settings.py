@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     pull_page_size: int = Field(
         default=500, ge=1, le=10000, validation_alias="PULL_PAGE_SIZE", description="Spotler feed page size."
     )
+    pull_feed_paging: Literal["timestamp", "offset"] = Field(
+        default="timestamp",
+        validation_alias="PULL_FEED_PAGING",
+        description="How the pull pages Spotler's feed: `timestamp` moves fromDate along (no change lost when "
+        "contacts change mid-run; needs the feed ordered by lastChanged) or `offset` (plain `after`).",
+    )
     max_delivery_attempts: int = Field(
         default=5,
         ge=1,

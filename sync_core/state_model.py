@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from sync_core.feed import PagingMode
 from sync_core.reasons import ReasonCode
 from sync_core.records import EntityName
 
@@ -63,9 +64,10 @@ class Suppression:
 class Watermark:
     """Cursor of the Spotler pull.
 
-    `value` is the newest Spotler change fully applied. While a run is in progress, `run_from`/`run_to`
-    fix its window and `run_after` is the feed offset of the first page not yet applied, so a run that is
-    cut off resumes where it stopped.
+    `value` is the newest Spotler change fully applied. While a run is in progress, `run_to` fixes the end
+    of its window and `run_from`/`run_after`/`run_mode`/`run_last_id` are the feed cursor of the first page not yet
+    applied (see `sync_core.feed`), so a run that is cut off resumes where it stopped. `run_started` is the
+    run's lease: set while a run holds it, cleared when a run stops early or fails.
     """
 
     name: str
@@ -76,6 +78,8 @@ class Watermark:
     run_high: datetime | None = None
     run_id: str = ""
     run_started: datetime | None = None
+    run_mode: PagingMode = "timestamp"
+    run_last_id: str | None = None
     etag: str | None = None
 
     @property

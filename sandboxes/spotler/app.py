@@ -331,6 +331,7 @@ def _control_routes(store: SpotlerStore) -> list[Route]:
                 retry_after=payload.get("retryAfter"),
                 retry_after_http_date=bool(payload.get("retryAfterHttpDate", False)),
                 delay=float(payload.get("delay", 0.0)),
+                after=int(payload.get("after", 0)),
             )
         except (KeyError, ValueError) as exc:
             return _error(400, "INVALID_PARAMS", str(exc))

@@ -78,10 +78,14 @@ class StoredContact:
 
 @dataclass
 class Fault:
-    """An injected misbehaviour for one endpoint (or "*"): `times` None means until cleared."""
+    """An injected misbehaviour for one endpoint (or "*"): `times` None means until cleared.
+
+    `after` calls pass untouched first, so a fault can hit, say, the third page of a feed.
+    """
 
     kind: FaultKind
     times: int | None = 1
+    after: int = 0
     status: int = 500
     retry_after: float | None = None
     retry_after_http_date: bool = False
@@ -193,14 +197,19 @@ class SpotlerStore:
         retry_after: float | None = None,
         retry_after_http_date: bool = False,
         delay: float = 0.0,
+        after: int = 0,
     ) -> Fault:
         """Misbehave on `endpoint` ("GET /contact/{externalId}", or "*" for all) for the next `times` calls.
+
+        With `after`, that many calls pass normally before the fault starts.
 
         Kinds: `rate_limit` (429 + Retry-After), `error` (status, default 500), `delay` (answer normally after
         `delay` seconds) and `drop` (close the connection without answering).
         """
         if kind not in ("rate_limit", "error", "delay", "drop"):
             raise ValueError(f"unknown fault kind {kind!r}")
+        if after < 0 or (times is not None and times < 1):
+            raise ValueError("after must be >= 0 and times >= 1 (or None)")
         default_status = 429 if kind == "rate_limit" else 500
         fault = Fault(
             kind=kind,
@@ -209,6 +218,7 @@ class SpotlerStore:
             retry_after=retry_after,
             retry_after_http_date=retry_after_http_date,
             delay=delay,
+            after=after,
         )
         with self._lock:
             self._faults.setdefault(endpoint, []).append(fault)
@@ -225,6 +235,9 @@ class SpotlerStore:
                 queue = self._faults.get(key, [])
                 while queue:
                     fault = queue[0]
+                    if fault.after > 0:
+                        fault.after -= 1
+                        break
                     if fault.times is None:
                         return fault
                     if fault.times > 0:

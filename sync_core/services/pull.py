@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from sync_core.errors import SyncError
 from sync_core.event_codec import EventDecodeError, event_from_dict
+from sync_core.feed import FeedCursor, PagingMode, page_request, take_page
 from sync_core.mapping import MappingConfig
 from sync_core.merge import PullPlan, plan_pull
 from sync_core.plan import PushOptions
@@ -34,6 +35,7 @@ class PullOptions:
     run_lease: timedelta = timedelta(minutes=10)
     max_replays: int = 6
     read_concurrency: int = 8
+    paging: PagingMode = "timestamp"
 
 
 @dataclass(slots=True)
@@ -78,57 +80,92 @@ class PullService:
         self._push = push
 
     async def run(self, *, max_pages: int | None = None) -> PullReport:
-        """One pull run. `max_pages` stops early (as a cut-off run would); the next run resumes there."""
+        """One pull run. `max_pages` stops early (as a cut-off run would); the next run resumes there.
+
+        A run that fails or stops early keeps its cursor and gives up its lease, so the next run resumes at
+        once; a run that is killed keeps the lease until it expires (`run_lease`, the function timeout).
+        """
         report = PullReport()
-        now = self._clock()
-        watermark = await self._begin(now, report)
-        if watermark is None:
+        claimed = await self._begin(self._clock(), report)
+        if claimed is None:
             return report
+        progress = [claimed]  # the newest saved watermark, for giving the lease back
+        try:
+            finished = await self._read_window(progress, report, max_pages)
+        except BaseException:
+            await self._release(progress[-1])
+            raise
+        if not finished:
+            await self._release(progress[-1])
+            report.note = "stopped before the end of the feed; the next run resumes"
+            report.watermark = progress[-1].value
+            return report
+        done = progress[-1]
+        done = await self._state.save_watermark(
+            dataclasses.replace(
+                done,
+                value=_latest(done.value, done.run_high),
+                run_from=None,
+                run_to=None,
+                run_after=0,
+                run_high=None,
+                run_id="",
+                run_started=None,
+                run_mode="timestamp",
+                run_last_id=None,
+            )
+        )
+        report.completed = True
+        report.watermark = done.value
+        await self.replay_due(report)
+        return report
+
+    async def _read_window(self, progress: list[Watermark], report: PullReport, max_pages: int | None) -> bool:
+        """Read and apply pages until the window is done (True) or `max_pages` were applied (False)."""
         while True:
             if max_pages is not None and report.pages >= max_pages:
-                report.note = "stopped before the end of the feed; the next run resumes"
-                report.watermark = watermark.value
-                return report
+                return False
+            watermark = progress[-1]
             assert watermark.run_from is not None
             assert watermark.run_to is not None
+            cursor = FeedCursor(watermark.run_from, watermark.run_after, watermark.run_mode, watermark.run_last_id)
+            after, size = page_request(cursor, self._pull.page_size)
             page = await self._spotler.get_updates_page(
-                from_date=watermark.run_from,
-                to_date=watermark.run_to,
-                after=watermark.run_after,
-                page_size=self._pull.page_size,
+                from_date=cursor.start, to_date=watermark.run_to, after=after, page_size=size
             )
-            await self._apply_page(page.contacts, report)
+            fresh, moved = take_page(cursor, page.contacts)
+            if moved.mode != cursor.mode:
+                log.warning("the updates feed is not ordered by lastChanged; paging by offset for this run")
+            restarted = moved.start == cursor.start and moved.skip < cursor.skip
+            if restarted:
+                log.info("contacts moved in the updates feed while paging; reading their second again")
+            await self._apply_page(tuple(fresh), report)
             report.pages += 1
-            report.contacts += len(page.contacts)
+            report.contacts += len(fresh)
             high = watermark.run_high
-            for contact in page.contacts:
+            for contact in fresh:
                 if contact.last_changed is not None and (high is None or contact.last_changed > high):
                     high = contact.last_changed
-            next_after = page.next_after
             watermark = dataclasses.replace(
                 watermark,
-                run_after=next_after if next_after is not None else watermark.run_after + len(page.contacts),
+                run_from=moved.start,
+                run_after=moved.skip,
+                run_mode=moved.mode,
+                run_last_id=moved.last_id,
                 run_high=high,
                 run_started=self._clock(),
             )
-            if next_after is None:
-                break
-            watermark = await self._state.save_watermark(watermark)
-        finished = dataclasses.replace(
-            watermark,
-            value=_latest(watermark.value, watermark.run_high),
-            run_from=None,
-            run_to=None,
-            run_after=0,
-            run_high=None,
-            run_id="",
-            run_started=None,
-        )
-        finished = await self._state.save_watermark(finished)
-        report.completed = True
-        report.watermark = finished.value
-        await self.replay_due(report)
-        return report
+            if not restarted and (page.next_after is None or not fresh):
+                progress.append(watermark)
+                return True
+            progress.append(await self._state.save_watermark(watermark))
+
+    async def _release(self, watermark: Watermark) -> None:
+        """Give the lease back, keeping the cursor (best effort: an expired lease frees it too)."""
+        try:
+            await self._state.save_watermark(dataclasses.replace(watermark, run_started=None))
+        except Exception:
+            log.warning("could not release the pull lease; it expires by itself", exc_info=True)
 
     async def _begin(self, now: datetime, report: PullReport) -> Watermark | None:
         current = await self._state.get_watermark(WATERMARK_NAME) or Watermark(name=WATERMARK_NAME)
@@ -146,6 +183,8 @@ class PullService:
                 run_high=current.value,
                 run_id=uuid.uuid4().hex,
                 run_started=now,
+                run_mode=self._pull.paging,
+                run_last_id=None,
             )
         else:
             current = dataclasses.replace(current, run_id=uuid.uuid4().hex, run_started=now)

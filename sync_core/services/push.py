@@ -65,6 +65,7 @@ class PushService:
         clock: Callable[[], datetime],
         app_user_id: str | None = None,
         status_columns: StatusColumns = StatusColumns(),
+        record_lease: timedelta = timedelta(minutes=5),
     ) -> None:
         self._state = state
         self._spotler = spotler
@@ -74,6 +75,7 @@ class PushService:
         self._clock = clock
         self._app_user = app_user_id
         self._status_columns = status_columns
+        self._record_lease = record_lease
 
     async def handle(self, event: ChangeEvent, *, owner: str) -> PushOutcome:
         """Apply `event` once. Raises RetryLater on a transient failure (after releasing its claim)."""
@@ -86,6 +88,19 @@ class PushService:
         if not await self._state.claim_delivery(event.idempotency_key, owner=owner, now=now):
             log.info("duplicate delivery ignored", extra={"entity": event.entity, "record_id": event.record_id})
             return PushOutcome("ignored", None, "duplicate delivery")
+        # One change of a record at a time: two workers must not write Spotler in an order nobody chose.
+        lease = f"record/{event.entity}/{event.record_id}"
+        if not await self._state.acquire_lease(lease, owner=owner, now=now, ttl=self._record_lease):
+            await self._state.release_delivery(event.idempotency_key, owner=owner)
+            raise RetryLater("another change of this record is being applied")
+        try:
+            return await self._handle_claimed(event, mapping, owner, now)
+        finally:
+            await self._state.release_lease(lease, owner=owner)
+
+    async def _handle_claimed(
+        self, event: ChangeEvent, mapping: EntityMapping, owner: str, now: datetime
+    ) -> PushOutcome:
         try:
             outcome = await self._apply(event, mapping, now)
         except ConcurrencyConflict as exc:
@@ -289,3 +304,16 @@ class PushService:
             "event dead-lettered",
             extra={"entity": event.entity, "record_id": event.record_id, "error": type(exc).__name__},
         )
+        if retry:
+            # The record's status says where its change went; a permanent failure already said why.
+            due = now + backoff_delay(replays + 1)
+            reason = ReasonCode.TRANSIENT_ERROR
+            detail = (
+                f"parked as dead letter {event.idempotency_key} after {attempts} deliveries; "
+                f"next replay after {due.isoformat(timespec='seconds')}"
+            )
+            link = await self._state.get_link(event.entity, event.record_id)
+            if link is not None:
+                with contextlib.suppress(ConcurrencyConflict):
+                    await self._state.save_link(dataclasses.replace(link, reason=reason, detail=detail, next_retry=due))
+            await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)

@@ -125,6 +125,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
             overlap=timedelta(minutes=settings.pull_overlap_minutes),
             initial_lookback=timedelta(hours=settings.pull_initial_lookback_hours),
             page_size=settings.pull_page_size,
+            paging=settings.pull_feed_paging,
             max_replays=settings.dead_letter_max_replays,
         ),
         clock=clock,

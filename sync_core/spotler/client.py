@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from sync_core.errors import RateLimitedError, TransientError
+from sync_core.feed import MAX_PAGE_SIZE
 from sync_core.records import BulkItemResult, SpotlerContact, SpotlerProperty, UpdatesPage
 from sync_core.spotler import wire
 from sync_core.spotler.errors import (
@@ -54,7 +55,6 @@ _T = TypeVar("_T")
 
 DEFAULT_PATH_PREFIX: Final = "/integrationservice-1.1.0"
 MAX_BULK_CONTACTS: Final = 100
-MAX_PAGE_SIZE: Final = 10_000
 
 
 class _RedactingFilter(logging.Filter):

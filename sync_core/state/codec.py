@@ -301,6 +301,8 @@ def watermark_to_props(watermark: Watermark) -> Props:
     _put(props, "run_high", watermark.run_high)
     props["run_id"] = _check_size("run_id", watermark.run_id)
     _put(props, "run_started", watermark.run_started)
+    props["run_mode"] = watermark.run_mode
+    _put(props, "run_last_id", watermark.run_last_id)
     return props
 
 
@@ -314,6 +316,8 @@ def watermark_from_props(props: Mapping[str, Any], etag: str | None) -> Watermar
         run_high=_opt_dt(props, "run_high"),
         run_id=str(props.get("run_id", "")),
         run_started=_opt_dt(props, "run_started"),
+        run_mode="offset" if props.get("run_mode") == "offset" else "timestamp",
+        run_last_id=None if props.get("run_last_id") is None else str(props["run_last_id"]),
         etag=etag,
     )
 
@@ -387,6 +391,21 @@ def dead_letter_order(dead_letter: DeadLetter) -> tuple[datetime, str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- deliveries
+
+
+LEASE_PARTITION = "lease"
+
+
+def lease_props(name: str, owner: str, expires: datetime) -> Props:
+    props: Props = {"name": _check_size("name", name), "owner": _check_size("owner", owner)}
+    _put(props, "expires", expires)
+    return props
+
+
+def lease_is_free(props: Mapping[str, Any], owner: str, now: datetime) -> bool:
+    """A lease row can be taken by `owner`: it holds it already, or it has expired."""
+    expires = _opt_dt(props, "expires")
+    return props.get("owner") == owner or expires is None or expires <= utc(now, "now")
 
 
 def delivery_props(key: str, owner: str, state: str, updated: datetime | None) -> Props:

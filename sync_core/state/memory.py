@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -265,3 +265,21 @@ class InMemoryStateStore:
             return
         released = codec.delivery_props(key, owner, codec.DELIVERY_RELEASED, current.props.get("updated"))
         self._deliveries.replace_if(partition, row, released, current.etag)
+
+    # ------------------------------------------------------------------------------------------ leases
+
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+        row = codec.safe_key(name)
+        props = codec.lease_props(name, owner, now + ttl)
+        current = self._deliveries.get(codec.LEASE_PARTITION, row)
+        if current is None:
+            return self._deliveries.create(codec.LEASE_PARTITION, row, props) is not None
+        if not codec.lease_is_free(current.props, owner, now):
+            return False
+        return self._deliveries.replace_if(codec.LEASE_PARTITION, row, props, current.etag) is not None
+
+    async def release_lease(self, name: str, *, owner: str) -> None:
+        row = codec.safe_key(name)
+        current = self._deliveries.get(codec.LEASE_PARTITION, row)
+        if current is not None and current.props.get("owner") == owner:
+            self._deliveries.delete(codec.LEASE_PARTITION, row)

@@ -147,6 +147,10 @@ class EventQueue:
         """
         await self._client.delete_message(message_id, pop_receipt)
 
+    async def release(self, message_id: str, pop_receipt: str) -> None:
+        """Make a received message visible again at once (it keeps its dequeue count)."""
+        await self._client.update_message(message_id, pop_receipt, visibility_timeout=0)
+
     async def count(self) -> int:
         """Approximate number of messages, including ones currently received and hidden."""
         properties = await self._client.get_queue_properties()
@@ -225,6 +229,13 @@ class InMemoryEventQueue:
                 raise error
             del self._messages[index]
             return
+        raise ResourceNotFoundError("The specified message does not exist.")
+
+    async def release(self, message_id: str, pop_receipt: str) -> None:
+        for message in self._messages:
+            if message.id == message_id and message.pop_receipt == pop_receipt:
+                message.visible_at = self._clock()
+                return
         raise ResourceNotFoundError("The specified message does not exist.")
 
     async def count(self) -> int:

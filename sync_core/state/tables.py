@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -423,3 +423,44 @@ class TableStateStore:
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             logger.info("delivery claim changed while it was being released; left as it is")
+
+    # ------------------------------------------------------------------------------------------ leases
+
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+        await self._ensure()
+        row = codec.safe_key(name)
+        entity = _to_entity(codec.LEASE_PARTITION, row, codec.lease_props(name, owner, now + ttl))
+        try:
+            await self._deliveries.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            pass
+        current = await self._get(self._deliveries, codec.LEASE_PARTITION, row)
+        if current is None:
+            try:
+                await self._deliveries.create_entity(entity)
+                return True
+            except ResourceExistsError:
+                return False
+        if not codec.lease_is_free(current, owner, now):
+            return False
+        try:
+            await self._deliveries.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=_etag(current), match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    async def release_lease(self, name: str, *, owner: str) -> None:
+        await self._ensure()
+        row = codec.safe_key(name)
+        current = await self._get(self._deliveries, codec.LEASE_PARTITION, row)
+        if current is None or current.get("owner") != owner:
+            return
+        try:
+            await self._deliveries.delete_entity(
+                codec.LEASE_PARTITION, row, etag=_etag(current), match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            logger.info("lease changed while it was being released; left as it is")

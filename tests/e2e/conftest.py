@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import AsyncContextManager
 
 import pytest
 
@@ -31,7 +31,7 @@ class Connector:
         return await self.host.run_queue(idle_rounds=2, poll_seconds=0.05)
 
 
-ConnectorFactory = Callable[..., AsyncContextManager[Connector]]
+ConnectorFactory = Callable[..., AbstractAsyncContextManager[Connector]]
 
 
 @pytest.fixture

@@ -452,6 +452,35 @@ async def test_concurrent_claims_exactly_one_wins(store: StateStore) -> None:
     assert sorted(retakes) == [False, False, True]
 
 
+async def test_leases_are_exclusive_until_released_or_expired(store: StateStore) -> None:
+    ttl = timedelta(minutes=5)
+    name = "record/contact/odd#id?"
+    assert await store.acquire_lease(name, owner="msg-1", now=T0, ttl=ttl) is True
+    assert await store.acquire_lease(name, owner="msg-2", now=T0 + timedelta(minutes=4), ttl=ttl) is False
+    assert await store.acquire_lease(name, owner="msg-1", now=T0, ttl=ttl) is True  # the holder again
+    await store.release_lease(name, owner="msg-2")  # not the holder: nothing happens
+    assert await store.acquire_lease(name, owner="msg-2", now=T0, ttl=ttl) is False
+    await store.release_lease(name, owner="msg-1")
+    assert await store.acquire_lease(name, owner="msg-2", now=T0, ttl=ttl) is True
+    # A holder that died: its lease expires and the next worker takes it over.
+    assert await store.acquire_lease(name, owner="msg-3", now=T0 + ttl, ttl=ttl) is True
+    assert await store.acquire_lease(name, owner="msg-2", now=T0 + ttl, ttl=ttl) is False
+    assert await store.acquire_lease("record/contact/other", owner="msg-2", now=T0, ttl=ttl) is True
+
+
+async def test_concurrent_lease_takers_exactly_one_wins(store: StateStore) -> None:
+    ttl = timedelta(minutes=5)
+    outcomes = await asyncio.gather(
+        *(store.acquire_lease("record/lead/1", owner=f"msg-{n}", now=T0, ttl=ttl) for n in range(5))
+    )
+    assert sorted(outcomes) == [False, False, False, False, True]
+    later = T0 + ttl + timedelta(seconds=1)
+    takeovers = await asyncio.gather(
+        *(store.acquire_lease("record/lead/1", owner=f"late-{n}", now=later, ttl=ttl) for n in range(4))
+    )
+    assert sorted(takeovers) == [False, False, False, True]
+
+
 # ------------------------------------------------------------------------------------------------ Table specifics
 
 

@@ -20,6 +20,7 @@ DOMAIN_MODULES = (
     "eligibility",
     "plan",
     "merge",
+    "feed",
     "errors",
     "ports",
 )
