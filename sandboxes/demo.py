@@ -35,6 +35,12 @@ def _masked(email: object) -> str:
     return f"{local[:1]}…@{domain}"
 
 
+def _column_note(row: dict[str, object], reason: str) -> str:
+    """Say so when the record's status column in Dynamics differs from the connector's status."""
+    column = row.get("sync_spotlerstatus")
+    return "" if column == reason else f" (Dynamics column: {column}, the row is read-only)"
+
+
 async def story(connection_string: str) -> int:
     spotler = SpotlerStore(SandboxConfig(consumers={KEY: SECRET}))
     dataverse = DataverseSandbox(token=TOKEN)
@@ -55,6 +61,9 @@ async def story(connection_string: str) -> int:
             "DATAVERSE_APP_USER_ID": dataverse.app_user_id,
             "WEBHOOK_SECRET": WEBHOOK_KEY,
             "SUPPRESSION_HASH_KEY": "demo-suppression-hash-key",
+            "SPOTLER_MAX_ATTEMPTS": "2",
+            "DATAVERSE_STATUS_COLUMN": "sync_spotlerstatus",
+            "DATAVERSE_STATUS_DETAIL_COLUMN": "sync_spotlerstatusdetail",
         }
         async with LocalFunctionsHost(settings) as host:
             host.register_webhooks(dataverse, key=WEBHOOK_KEY)
@@ -105,6 +114,16 @@ async def story(connection_string: str) -> int:
             step("Bram asks not to be e-mailed at all (Do Not Email)")
             dataverse.edit("contact", bram, {"donotemail": True})
             await settle()
+            step("Spotler is down (503) while the account moves; the change waits in the queue")
+            spotler.inject_fault("*", "error", status=503, times=None)
+            dataverse.edit("account", zoet, {"address1_city": "Haarlem"})
+            await asyncio.to_thread(dataverse.drain, timeout=30.0)
+            await host.run_queue_once()
+            waiting = await record_status_view(get_runtime().state, "account", zoet) or {}
+            console.print(f"    account status while Spotler is down: [yellow]{waiting.get('reason')}[/]")
+            step("Spotler is back: the queued change lands")
+            spotler.clear_faults()
+            await settle()
 
             runtime = get_runtime()
             table = Table(title="Dynamics 365 ⇄ Spotler Mail+ after the story")
@@ -114,6 +133,7 @@ async def story(connection_string: str) -> int:
                 "Dynamics e-mail",
                 "Spotler name",
                 "Spotler e-mail",
+                "Spotler city",
                 "newsletter",
                 "Spotler status",
             ):
@@ -134,15 +154,28 @@ async def story(connection_string: str) -> int:
                 perms = {p["bit"]: p["enabled"] for p in props.get("permissions", [])}
                 reason = str(view.get("reason"))
                 if reason in ("created", "updated", "synced", "conflict_resolved"):
-                    agree = agree and dv_name == sp_name and props.get("email") == row.get("emailaddress1")
+                    agree = (
+                        agree
+                        and dv_name == sp_name
+                        and props.get("email") == row.get("emailaddress1")
+                        and props.get("city") == row.get("address1_city")
+                    )
+                # The status the connector keeps and the one a CRM user sees on the record must be the same
+                # (Dataverse keeps inactive rows read-only: theirs shows the last status while active).
+                if row.get("statecode", 0) == 0:
+                    agree = agree and row.get("sync_spotlerstatus") == reason
                 table.add_row(
                     f"{entity} {record_id[:8]}",
                     dv_name or "-",
                     _masked(row.get("emailaddress1")),
                     sp_name or "-",
                     _masked(props.get("email")),
+                    props.get("city") or "-",
                     {True: "on", False: "off"}.get(perms.get(1), "-"),
-                    f"{reason}: {view.get('detail', '')}",
+                    f"{reason}: {view.get('detail', '')}"
+                    + (
+                        "" if row.get("sync_spotlerstatus") == reason else f" (column: {row.get('sync_spotlerstatus')})"
+                    ),
                 )
             console.print(table)
             if not agree:

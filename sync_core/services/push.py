@@ -177,12 +177,14 @@ class PushService:
             mapping,
             self._options,
         )
-        await self._execute(plan, event, now)
+        # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
+        writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
+        await self._execute(plan, event, now, status_columns=writable)
         return PushOutcome(
             plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
         )
 
-    async def _execute(self, plan: PushPlan, event: ChangeEvent, now: datetime) -> None:
+    async def _execute(self, plan: PushPlan, event: ChangeEvent, now: datetime, *, status_columns: bool) -> None:
         if plan.action is PushAction.CREATE and plan.contact is not None:
             await self._spotler.insert_contact(plan.contact, update=True, purge=False)
         elif plan.action is PushAction.UPDATE and plan.contact is not None:
@@ -205,7 +207,9 @@ class PushService:
         if plan.link is not None:
             await self._state.save_link(plan.link)
         if plan.record_status:
-            await self._record_status(event, plan.reason, plan.action.value, plan.detail, plan.external_id, now)
+            await self._record_status(
+                event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
+            )
 
     async def _relink(self, event: ChangeEvent, plan: PushPlan, now: datetime) -> None:
         assert plan.relink_to is not None
@@ -233,6 +237,8 @@ class PushService:
         detail: str,
         external_id: str | None,
         now: datetime,
+        *,
+        status_columns: bool = True,
     ) -> None:
         await self._state.append_status(
             StatusEntry(event.entity, event.record_id, now, reason, action, detail, external_id)
@@ -241,7 +247,8 @@ class PushService:
             "push outcome",
             extra={"entity": event.entity, "record_id": event.record_id, "reason": reason.value, "action": action},
         )
-        await self.write_status_columns(event, reason, detail)
+        if status_columns:
+            await self.write_status_columns(event, reason, detail)
 
     async def write_status_columns(self, event: ChangeEvent, reason: ReasonCode, detail: str) -> None:
         """Best effort: the status columns are information, a failure there must not fail the sync."""

@@ -10,7 +10,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.e2e.conftest import WEBHOOK_KEY, Connector
+from tests.e2e.conftest import WEBHOOK_KEY, Connector, ConnectorFactory
 from tests.e2e.support import reason
 
 JAN = {"firstname": "Jan", "lastname": "Dijk", "emailaddress1": "jan.dijk@example.nl", "jobtitle": "Buyer"}
@@ -117,3 +117,25 @@ async def test_delete_of_an_unlinked_record_tombstones_the_address_from_its_pre_
     tombstone = await runtime.state.get_suppression(email_hash(key, JAN["emailaddress1"]))
     assert tombstone is not None
     assert await reason(connector, "contact", record_id) == "anonymized"
+
+
+async def test_status_columns_show_each_records_spotler_status_in_dynamics(connector_factory: ConnectorFactory) -> None:
+    async with connector_factory(
+        DATAVERSE_STATUS_COLUMN="sync_spotlerstatus", DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail"
+    ) as connector:
+        dv = connector.dataverse.sandbox
+        synced = dv.create("contact", JAN)
+        no_email = dv.create("contact", {"firstname": "Piet", "lastname": "Zonder", "emailaddress1": "piet@"})
+        await connector.deliver()
+        assert dv.row("contact", synced)["sync_spotlerstatus"] == "created"
+        row = dv.row("contact", no_email)
+        assert row["sync_spotlerstatus"] == "no_valid_email"
+        assert row["sync_spotlerstatusdetail"]
+        assert "piet@" not in row["sync_spotlerstatusdetail"]
+        assert connector.spotler.store.contact(no_email) is None
+        # The status write is the connector's own: it sends no webhook back to it (the column is not watched).
+        before = len(dv.deliveries())
+        dv.edit("contact", synced, {"donotemail": True})
+        await connector.deliver()
+        assert dv.row("contact", synced)["sync_spotlerstatus"] == "anonymized"
+        assert len(dv.deliveries()) == before + 1

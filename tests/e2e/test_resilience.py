@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -172,3 +173,44 @@ async def test_pull_cut_off_after_page_two_of_five_resumes_and_applies_each_chan
         newest = max(c["lastChanged"] for c in sp.contacts())
         assert done.value is not None
         assert int(done.value.timestamp() * 1000) == newest, "the watermark ends at the last change"
+
+
+async def test_the_pull_run_replays_dead_letters_once_they_are_due(connector: Connector) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    sp.inject_fault("*", "error", status=503, times=None)
+    due_id = dv.create("contact", person(8))
+    later_id = dv.create("contact", person(9))
+    await connector.deliver()
+    sp.clear_faults()
+    state = get_runtime().state
+    letters = {d.event["id"]: d for d in await state.list_dead_letters()}
+    assert set(letters) == {due_id, later_id}
+    # Time passes for one of them: its next automatic replay is now due, the other's is still ahead.
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await state.put_dead_letter(dataclasses.replace(letters[due_id], next_retry=past))
+
+    await connector.host.run_timer()
+    assert sp.contact(due_id)["properties"]["email"] == "person8@example.nl"
+    assert await reason(connector, "contact", due_id) == "created"
+    assert sp.contact(later_id) is None
+    remaining = [d.event["id"] for d in await state.list_dead_letters()]
+    assert remaining == [later_id]
+
+
+async def test_two_pull_runs_at_once_read_and_write_once(connector: Connector) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    ids = [dv.create("contact", person(n)) for n in range(3)]
+    await connector.deliver()
+    await asyncio.sleep(0.05)
+    await connector.host.run_timer()
+    for n, record_id in enumerate(ids):
+        sp.profile_edit(record_id, properties={"lastName": f"Overlap{n}"})
+    await asyncio.sleep(0.05)
+    sp.reset_call_counts()
+    writes_before = len(dv.writes)
+
+    await asyncio.gather(connector.host.run_timer(), connector.host.run_timer())
+    assert sp.call_counts()["GET /contact/updates/list"] == 1, "only the run that claimed the watermark reads"
+    pulled = Counter(w.record_id for w in dv.writes[writes_before:] if "lastname" in w.changed)
+    assert pulled == Counter(ids)
+    assert [dv.row("contact", i)["lastname"] for i in ids] == ["Overlap0", "Overlap1", "Overlap2"]
