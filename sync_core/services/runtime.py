@@ -78,7 +78,9 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         queue: EventSink = EventQueue.from_connection_string(conn, settings.queue_name)
     else:
         assert settings.storage_account_name is not None
-        storage_credential = make_credential("managed_identity", client_id=settings.storage_client_id)
+        # DefaultAzureCredential: the app's managed identity in Azure (the user-assigned one when a client id is
+        # set), a developer's sign-in elsewhere.
+        storage_credential = make_credential("default", client_id=settings.storage_client_id)
         state = TableStateStore.from_account(
             settings.storage_account_name, storage_credential, prefix=settings.table_prefix
         )
