@@ -221,13 +221,23 @@ class PullService:
             link = plan.link
             result = results.get((link.entity, link.record_id))
             if result is not None and not result.ok:
-                if result.status in (412, 429) or result.status >= 500:
+                # 412: changed since read; 424: a $batch that stopped early never ran it; 429/5xx: try again.
+                if result.status in (412, 424, 429) or result.status >= 500:
                     raise RetryLater(f"Dataverse update of {link.entity} {link.record_id} answered {result.status}")
                 report.failed_rows += 1
                 await self._status(link.entity, link.record_id, ReasonCode.PERMANENT_ERROR, result.message, now)
                 continue
             if plan.spotler_fix is not None:
-                await self._spotler.update_contact(plan.spotler_fix, purge=False)
+                try:
+                    await self._spotler.update_contact(plan.spotler_fix, purge=False)
+                except SyncError as exc:
+                    if exc.retryable:
+                        raise
+                    # Spotler will never take this one: say so on the record and let the feed move on.
+                    report.failed_rows += 1
+                    detail = f"{type(exc).__name__}: {exc.message}"
+                    await self._status(link.entity, link.record_id, ReasonCode.PERMANENT_ERROR, detail, now)
+                    continue
                 report.spotler_fixes += 1
             if plan.suppress is not None:
                 await self._state.put_suppression(plan.suppress)

@@ -108,7 +108,8 @@ class PushService:
         """Take the record's lease, waiting a little for a holder that is about to finish."""
         polls = max(1, math.ceil(self._lease_wait.total_seconds() / LEASE_POLL_SECONDS))
         for poll in range(polls):
-            if await self._state.acquire_lease(lease, owner=owner, now=now, ttl=self._record_lease):
+            checked = now if poll == 0 else self._clock()
+            if await self._state.acquire_lease(lease, owner=owner, now=checked, ttl=self._record_lease):
                 return True
             if poll + 1 < polls:
                 await asyncio.sleep(LEASE_POLL_SECONDS)
