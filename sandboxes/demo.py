@@ -38,7 +38,7 @@ def _masked(email: object) -> str:
 def _column_note(row: dict[str, object], reason: str) -> str:
     """Say so when the record's status column in Dynamics differs from the connector's status."""
     column = row.get("sync_spotlerstatus")
-    return "" if column == reason else f" (Dynamics column: {column}, the row is read-only)"
+    return "" if column == reason else f" (inactive, read-only row keeps: {column})"
 
 
 async def story(connection_string: str) -> int:
@@ -172,10 +172,7 @@ async def story(connection_string: str) -> int:
                     _masked(props.get("email")),
                     props.get("city") or "-",
                     {True: "on", False: "off"}.get(perms.get(1), "-"),
-                    f"{reason}: {view.get('detail', '')}"
-                    + (
-                        "" if row.get("sync_spotlerstatus") == reason else f" (column: {row.get('sync_spotlerstatus')})"
-                    ),
+                    f"{reason}: {view.get('detail', '')}" + _column_note(row, reason),
                 )
             console.print(table)
             if not agree:

@@ -18,8 +18,8 @@ from sync_core.merge import PullPlan, plan_pull
 from sync_core.plan import PushOptions
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
-from sync_core.records import EntityName, EventSource, RowUpdate, SpotlerContact
-from sync_core.services.push import PushService, RetryLater, backoff_delay
+from sync_core.records import AttrValue, EntityName, EventSource, RowUpdate, SpotlerContact
+from sync_core.services.push import NO_STATUS_COLUMNS, PushService, RetryLater, StatusColumns, backoff_delay
 from sync_core.state_model import StatusEntry, Watermark
 
 log = logging.getLogger("sync_core.pull")
@@ -69,6 +69,7 @@ class PullService:
         pull_options: PullOptions,
         clock: Callable[[], datetime],
         push: PushService | None = None,
+        status_columns: StatusColumns = NO_STATUS_COLUMNS,
     ) -> None:
         self._state = state
         self._spotler = spotler
@@ -78,6 +79,7 @@ class PullService:
         self._pull = pull_options
         self._clock = clock
         self._push = push
+        self._status_columns = status_columns
 
     async def run(self, *, max_pages: int | None = None) -> PullReport:
         """One pull run. `max_pages` stops early (as a cut-off run would); the next run resumes there.
@@ -215,7 +217,11 @@ class PullService:
                 return found
 
         plans = [plan for group in await asyncio.gather(*map(plans_for, contacts)) for plan in group]
-        updates = [RowUpdate(p.link.entity, p.link.record_id, p.changes, etag=p.etag) for p in plans if p.changes]
+        updates = [
+            RowUpdate(p.link.entity, p.link.record_id, {**p.changes, **self._status_values(p)}, etag=p.etag)
+            for p in plans
+            if p.changes
+        ]
         results = {(r.entity, r.record_id): r for r in await self._dataverse.update_rows(updates)} if updates else {}
         for plan in plans:
             link = plan.link
@@ -249,6 +255,16 @@ class PullService:
             if plan.changes or plan.spotler_fix or plan.conflicts:
                 await self._status(link.entity, link.record_id, plan.reason, plan.detail, now, link.external_id)
             report.reasons[plan.reason.value] = report.reasons.get(plan.reason.value, 0) + 1
+
+    def _status_values(self, plan: PullPlan) -> dict[str, AttrValue]:
+        """The status columns, written in the same request as the pulled values (nothing extra is sent)."""
+        cols = self._status_columns
+        values: dict[str, AttrValue] = {}
+        if cols.reason is not None:
+            values[cols.reason] = plan.reason.value
+            if cols.detail is not None:
+                values[cols.detail] = plan.detail[:2000]
+        return values
 
     async def _status(
         self,

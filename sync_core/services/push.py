@@ -50,6 +50,9 @@ class StatusColumns:
     detail: str | None = None
 
 
+NO_STATUS_COLUMNS = StatusColumns()
+
+
 def backoff_delay(attempt: int, *, base_seconds: float = 60.0, cap_seconds: float = 6 * 3600.0) -> timedelta:
     """Exponential delay before the next automatic retry of a dead letter."""
     return timedelta(seconds=min(cap_seconds, base_seconds * (2 ** max(0, attempt - 1))))
@@ -68,7 +71,7 @@ class PushService:
         options: PushOptions,
         clock: Callable[[], datetime],
         app_user_id: str | None = None,
-        status_columns: StatusColumns = StatusColumns(),
+        status_columns: StatusColumns = NO_STATUS_COLUMNS,
         record_lease: timedelta = timedelta(minutes=5),
         lease_wait: timedelta = timedelta(seconds=10),
     ) -> None:

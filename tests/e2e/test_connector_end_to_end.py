@@ -133,6 +133,18 @@ async def test_status_columns_show_each_records_spotler_status_in_dynamics(conne
         assert row["sync_spotlerstatusdetail"]
         assert "piet@" not in row["sync_spotlerstatusdetail"]
         assert connector.spotler.store.contact(no_email) is None
+        # A pulled change carries its status in the same request as the pulled value.
+        connector.spotler.store.profile_edit(synced, properties={"firstName": "Johannes"})
+        await asyncio.sleep(0.05)
+        writes_before = len(dv.writes)
+        await connector.host.run_timer()
+        assert [(w.record_id, set(w.changed)) for w in dv.writes[writes_before:]] == [
+            (synced, {"firstname", "sync_spotlerstatus", "sync_spotlerstatusdetail"})
+        ]
+        pulled = dv.row("contact", synced)
+        assert (pulled["firstname"], pulled["sync_spotlerstatus"]) == ("Johannes", "updated")
+        assert "firstname" in pulled["sync_spotlerstatusdetail"]
+        await connector.deliver()  # the write-back's own webhook
         # The status write is the connector's own: it sends no webhook back to it (the column is not watched).
         before = len(dv.deliveries())
         dv.edit("contact", synced, {"donotemail": True})
