@@ -90,8 +90,10 @@ async def test_do_not_bulk_email_turns_bit_1_off_and_clearing_it_turns_it_on(con
     assert permission(connector, record_id, 1) is True
     await edit(connector, entity, record_id, {"donotbulkemail": True})
     assert permission(connector, record_id, 1) is False
+    assert await reason(connector, entity, record_id) == "updated"
     await edit(connector, entity, record_id, {"donotbulkemail": False})
     assert permission(connector, record_id, 1) is True
+    assert await reason(connector, entity, record_id) == "updated"
     assert spotler_contact(connector, record_id)["properties"]["email"] == SAMPLE[entity]["emailaddress1"]
 
 
@@ -109,6 +111,7 @@ async def test_newsletter_column_and_spotler_permission_2_follow_each_other(
         await edit(connector, entity, record_id, {"sync_newsletter": True})
         assert permission(connector, record_id, NEWSLETTER_BIT) is True
         assert permission(connector, record_id, 1) is True
+        assert await reason(connector, entity, record_id) == "updated"
         await edit(connector, entity, record_id, {"sync_newsletter": False})
         assert permission(connector, record_id, NEWSLETTER_BIT) is False
         await edit(connector, entity, record_id, {"sync_newsletter": True})
