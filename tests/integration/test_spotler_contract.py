@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from sync_core.errors import (
@@ -409,6 +410,24 @@ async def test_fractional_retry_after_is_honoured_on_every_retry(spotler_sandbox
         elapsed = time.monotonic() - started
 
     assert elapsed >= 0.4
+    assert spotler_sandbox.store.call_counts()[GET_ONE] == 3
+
+
+async def test_a_fault_set_through_the_control_api_can_let_calls_pass_first(spotler_sandbox: SpotlerSandbox) -> None:
+    await seeded(spotler_sandbox)
+    async with httpx.AsyncClient(base_url=spotler_sandbox.url) as control:
+        set_fault = await control.post(
+            "/_sandbox/faults", json={"endpoint": GET_ONE, "kind": "error", "status": 503, "times": None, "after": 2}
+        )
+        assert set_fault.status_code == 204
+        bad = await control.post("/_sandbox/faults", json={"kind": "error", "after": -1})
+        assert bad.status_code == 400
+
+    async with spotler_sandbox.client(max_attempts=1) as client:
+        assert await client.get_contact("r1") is not None
+        assert await client.get_contact("r1") is not None
+        with pytest.raises(SpotlerTransientError):
+            await client.get_contact("r1")
     assert spotler_sandbox.store.call_counts()[GET_ONE] == 3
 
 
