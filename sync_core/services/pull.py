@@ -19,6 +19,7 @@ from sync_core.plan import PushOptions
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
 from sync_core.records import AttrValue, EntityName, EventSource, RowUpdate, SpotlerContact
+from sync_core.services.leases import RecordLeases
 from sync_core.services.push import NO_STATUS_COLUMNS, PushService, RetryLater, StatusColumns, backoff_delay
 from sync_core.state_model import StatusEntry, Watermark
 
@@ -70,6 +71,7 @@ class PullService:
         clock: Callable[[], datetime],
         push: PushService | None = None,
         status_columns: StatusColumns = NO_STATUS_COLUMNS,
+        leases: RecordLeases | None = None,
     ) -> None:
         self._state = state
         self._spotler = spotler
@@ -80,6 +82,7 @@ class PullService:
         self._clock = clock
         self._push = push
         self._status_columns = status_columns
+        self._leases = leases or RecordLeases(state, clock)
 
     async def run(self, *, max_pages: int | None = None) -> PullReport:
         """One pull run. `max_pages` stops early (as a cut-off run would); the next run resumes there.
@@ -141,7 +144,7 @@ class PullService:
             restarted = moved.start == cursor.start and moved.skip < cursor.skip
             if restarted:
                 log.info("contacts moved in the updates feed while paging; reading their second again")
-            await self._apply_page(tuple(fresh), report)
+            await self._apply_page(tuple(fresh), report, owner=f"pull:{watermark.run_id}")
             report.pages += 1
             report.contacts += len(fresh)
             high = watermark.run_high
@@ -197,18 +200,41 @@ class PullService:
             report.note = "another pull run claimed the watermark first"
             return None
 
-    async def _apply_page(self, contacts: tuple[SpotlerContact, ...], report: PullReport) -> None:
-        """Apply one page; raises (without moving the watermark) when a change could not be applied yet."""
+    async def _apply_page(self, contacts: tuple[SpotlerContact, ...], report: PullReport, owner: str) -> None:
+        """Apply one page; raises (without moving the watermark) when a change could not be applied yet.
+
+        The page holds the lease of every record it touches, so no push of the same record runs in between
+        reading the row and writing both sides.
+        """
+        held: list[tuple[EntityName, str]] = []
+        try:
+            plans = await self._plan_page(contacts, owner, held)
+            await self._write_page(plans, report)
+        finally:
+            for entity, record_id in held:
+                await self._leases.give_back(entity, record_id, owner)
+
+    async def _plan_page(
+        self, contacts: tuple[SpotlerContact, ...], owner: str, held: list[tuple[EntityName, str]]
+    ) -> list[PullPlan]:
         now = self._clock()
+        busy: list[str] = []
         # The page's reads go out together, bounded well below Dataverse's concurrency limit.
         gate = asyncio.Semaphore(self._pull.read_concurrency)
 
         async def plans_for(contact: SpotlerContact) -> list[PullPlan]:
             async with gate:
                 found: list[PullPlan] = []
-                for link in await self._state.links_for_external_id(contact.external_id):
-                    mapping = self._mapping.for_entity(link.entity)
+                for candidate in await self._state.links_for_external_id(contact.external_id):
+                    mapping = self._mapping.for_entity(candidate.entity)
                     if mapping is None:
+                        continue
+                    if not await self._leases.take(candidate.entity, candidate.record_id, owner):
+                        busy.append(f"{candidate.entity} {candidate.record_id}")
+                        continue
+                    held.append((candidate.entity, candidate.record_id))
+                    link = await self._state.get_link(candidate.entity, candidate.record_id)  # as of the lease
+                    if link is None:
                         continue
                     row = await self._dataverse.get_row(link.entity, link.record_id, mapping.columns())
                     plan = plan_pull(contact, link, row, mapping, self._options, now)
@@ -217,6 +243,12 @@ class PullService:
                 return found
 
         plans = [plan for group in await asyncio.gather(*map(plans_for, contacts)) for plan in group]
+        if busy:
+            raise RetryLater(f"records being pushed right now: {', '.join(busy[:5])}; the page is applied again")
+        return plans
+
+    async def _write_page(self, plans: list[PullPlan], report: PullReport) -> None:
+        now = self._clock()
         updates = [
             RowUpdate(p.link.entity, p.link.record_id, {**p.changes, **self._status_values(p)}, etag=p.etag)
             for p in plans

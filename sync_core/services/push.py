@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,11 +17,10 @@ from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_pu
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
 from sync_core.records import AttrValue, ChangeEvent, ChangeKind, SpotlerContact
+from sync_core.services.leases import RecordLeases
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 log = logging.getLogger("sync_core.push")
-
-LEASE_POLL_SECONDS = 0.2
 
 
 class RetryLater(Exception):
@@ -83,8 +80,7 @@ class PushService:
         self._clock = clock
         self._app_user = app_user_id
         self._status_columns = status_columns
-        self._record_lease = record_lease
-        self._lease_wait = lease_wait
+        self.leases = RecordLeases(state, clock, ttl=record_lease, wait=lease_wait)
 
     async def handle(self, event: ChangeEvent, *, owner: str) -> PushOutcome:
         """Apply `event` once. Raises RetryLater on a transient failure (after releasing its claim)."""
@@ -98,25 +94,13 @@ class PushService:
             log.info("duplicate delivery ignored", extra={"entity": event.entity, "record_id": event.record_id})
             return PushOutcome("ignored", None, "duplicate delivery")
         # One change of a record at a time: two workers must not write Spotler in an order nobody chose.
-        lease = f"record/{event.entity}/{event.record_id}"
-        if not await self._take_record_lease(lease, owner, now):
+        if not await self.leases.take(event.entity, event.record_id, owner):
             await self._state.release_delivery(event.idempotency_key, owner=owner)
             raise RetryLater("another change of this record is being applied")
         try:
             return await self._handle_claimed(event, mapping, owner, now)
         finally:
-            await self._state.release_lease(lease, owner=owner)
-
-    async def _take_record_lease(self, lease: str, owner: str, now: datetime) -> bool:
-        """Take the record's lease, waiting a little for a holder that is about to finish."""
-        polls = max(1, math.ceil(self._lease_wait.total_seconds() / LEASE_POLL_SECONDS))
-        for poll in range(polls):
-            checked = now if poll == 0 else self._clock()
-            if await self._state.acquire_lease(lease, owner=owner, now=checked, ttl=self._record_lease):
-                return True
-            if poll + 1 < polls:
-                await asyncio.sleep(LEASE_POLL_SECONDS)
-        return False
+            await self.leases.give_back(event.entity, event.record_id, owner)
 
     async def _handle_claimed(
         self, event: ChangeEvent, mapping: EntityMapping, owner: str, now: datetime

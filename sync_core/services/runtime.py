@@ -133,6 +133,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         clock=clock,
         push=push,
         status_columns=StatusColumns(settings.dataverse_status_column, settings.dataverse_status_detail_column),
+        leases=push.leases,
     )
     intake = WebhookIntake(
         authenticator=WebhookAuthenticator(

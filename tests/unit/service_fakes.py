@@ -41,6 +41,7 @@ from sync_core.records import (
     SpotlerProperty,
     UpdatesPage,
 )
+from sync_core.services.leases import RecordLeases
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import PushService, StatusColumns
 from sync_core.spotler.errors import SpotlerContactExists, SpotlerContactOptedOut, SpotlerError, SpotlerNotFound
@@ -608,7 +609,14 @@ class World:
             **waits,
         )
 
-    def pull(self, pull_options: PullOptions | None = None, *, push: PushService | None = None) -> PullService:
+    def pull(
+        self,
+        pull_options: PullOptions | None = None,
+        *,
+        push: PushService | None = None,
+        lease_wait: timedelta | None = None,
+    ) -> PullService:
+        leases = None if lease_wait is None else RecordLeases(self.state, self.clock, wait=lease_wait)
         return PullService(
             state=self.state,
             spotler=self.spotler,
@@ -618,6 +626,7 @@ class World:
             pull_options=pull_options or PullOptions(),
             clock=self.clock,
             push=push,
+            leases=leases,
         )
 
     async def linked(self, record_id: str, **attrs: AttrValue) -> ChangeEvent:

@@ -428,3 +428,30 @@ async def test_replays_stop_being_scheduled_after_max_replays() -> None:
     assert await pull.replay_due() == PullReport()
     assert await pull.replay("contact", event.idempotency_key)  # an operator's replay still works
     assert await world.state.get_dead_letter("contact", event.idempotency_key) is None
+
+
+async def test_pull_leaves_a_record_alone_while_a_push_holds_it_and_applies_it_on_the_next_run() -> None:
+    world = World()
+    await world.linked(ID)
+    pull = world.pull(lease_wait=timedelta(0))
+    world.clock.advance(seconds=1)
+    await pull.run()  # our own create: nothing to pull
+    world.clock.advance(seconds=1)
+    world.spotler.profile_edit(ID, properties={"firstName": "Zoë"})
+    world.clock.advance(seconds=1)
+    lease = f"record/contact/{ID}"
+    assert await world.state.acquire_lease(lease, owner="msg-push", now=world.clock.now(), ttl=timedelta(minutes=5))
+
+    with pytest.raises(RetryLater, match="being pushed"):
+        await pull.run()
+    assert world.dataverse.writes_to(ID) == []
+    cut = await watermark(world)
+    assert cut.in_progress
+    assert cut.run_started is None
+
+    await world.state.release_lease(lease, owner="msg-push")
+    report = await pull.run()
+    assert report.completed
+    assert [w.changes for w in world.dataverse.writes_to(ID)] == [{"firstname": "Zoë"}]
+    # The pull gave the record's lease back.
+    assert await world.state.acquire_lease(lease, owner="msg-next", now=world.clock.now(), ttl=timedelta(minutes=5))
