@@ -95,6 +95,14 @@ async def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     return _json(200, {"deadLetters": [dead_letter_view(d) for d in letters]})
 
 
+async def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    """Replay every dead letter now (after an outage); says how many were applied and how many remain."""
+    runtime = get_runtime()
+    replayed, failed = await runtime.pull.replay_all()
+    remaining = len(await runtime.state.list_dead_letters(limit=1000))
+    return _json(200, {"replayed": replayed, "failed": failed, "remaining": remaining})
+
+
 async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
     """Replay one dead letter now."""
     entity = as_entity(req.route_params.get("entity", ""))
@@ -127,6 +135,7 @@ app.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE_NAME%", connection=QUE
 app.timer_trigger(schedule="0 */15 * * * *", arg_name="timer", run_on_startup=False, use_monitor=True)(spotler_pull)
 app.route(route="status/{entity}/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(record_status)
 app.route(route="deadletters", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(list_dead_letters)
+app.route(route="deadletters/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(replay_dead_letters)
 app.route(route="deadletters/{entity}/{event_id}/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(
     replay_dead_letter
 )

@@ -63,6 +63,7 @@ def create_host_app() -> Starlette:
             Route("/api/dynamics/webhook", _route(function_app.dynamics_webhook), methods=["POST"]),
             Route("/api/status/{entity}/{id}", _route(function_app.record_status), methods=["GET"]),
             Route("/api/deadletters", _route(function_app.list_dead_letters), methods=["GET"]),
+            Route("/api/deadletters/replay", _route(function_app.replay_dead_letters), methods=["POST"]),
             Route(
                 "/api/deadletters/{entity}/{event_id}/replay",
                 _route(function_app.replay_dead_letter),

@@ -206,10 +206,11 @@ class Settings(BaseSettings):
         description="Queue deliveries of an event before it becomes a dead letter (match host.json).",
     )
     dead_letter_max_replays: int = Field(
-        default=6,
+        default=12,
         ge=0,
         validation_alias="DEAD_LETTER_MAX_REPLAYS",
-        description="Automatic replays of a dead letter by the pull run before it waits for an operator.",
+        description="Automatic replays of a dead letter by the pull run before it waits for an operator "
+        "(the delay doubles from 1 minute up to 6 hours: 12 replays span about a day).",
     )
 
     @field_validator("spotler_base_url", "dataverse_url")

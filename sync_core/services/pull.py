@@ -34,7 +34,7 @@ class PullOptions:
     initial_lookback: timedelta = timedelta(hours=24)
     page_size: int = 500
     run_lease: timedelta = timedelta(minutes=10)
-    max_replays: int = 6
+    max_replays: int = 12
     read_concurrency: int = 8
     paging: PagingMode = "timestamp"
 
@@ -322,6 +322,16 @@ class PullService:
             else:
                 report.replay_failures += 1
         return report
+
+    async def replay_all(self, *, limit: int = 200) -> tuple[int, int]:
+        """Replay every dead letter now, due or not (an operator's call after an outage); (replayed, failed)."""
+        replayed = failed = 0
+        for letter in await self._state.list_dead_letters(limit=limit):
+            if await self.replay(letter.entity, letter.event_id):
+                replayed += 1
+            else:
+                failed += 1
+        return replayed, failed
 
     async def replay(self, entity: EntityName, event_id: str) -> bool:
         """Replay one dead letter now; True when it was applied (and removed)."""

@@ -23,6 +23,7 @@ def test_every_function_is_indexed() -> None:
         "record_status",
         "list_dead_letters",
         "replay_dead_letter",
+        "replay_dead_letters",
         "health",
     }
 
@@ -54,9 +55,11 @@ def test_pull_runs_every_fifteen_minutes() -> None:
 
 
 def test_operator_routes_need_a_function_key() -> None:
-    for name in ("record_status", "list_dead_letters", "replay_dead_letter"):
+    for name in ("record_status", "list_dead_letters", "replay_dead_letter", "replay_dead_letters"):
         assert _bindings(name)[0]["authLevel"] == "FUNCTION"
     assert _bindings("record_status")[0]["route"] == "status/{entity}/{id}"
+    assert _bindings("replay_dead_letters")[0]["route"] == "deadletters/replay"
+    assert _bindings("replay_dead_letters")[0]["methods"] == ["POST"]
     assert _bindings("health")[0]["authLevel"] == "ANONYMOUS"
 
 

@@ -214,3 +214,19 @@ async def test_two_pull_runs_at_once_read_and_write_once(connector: Connector) -
     pulled = Counter(w.record_id for w in dv.writes[writes_before:] if "lastname" in w.changed)
     assert pulled == Counter(ids)
     assert [dv.row("contact", i)["lastname"] for i in ids] == ["Overlap0", "Overlap1", "Overlap2"]
+
+
+async def test_after_a_long_outage_an_operator_replays_every_dead_letter_at_once(connector: Connector) -> None:
+    dv, sp = connector.dataverse.sandbox, connector.spotler.store
+    sp.inject_fault("*", "error", status=503, times=None)
+    ids = [dv.create("contact", person(20 + n)) for n in range(4)]
+    await connector.deliver()
+    assert len((await api(connector, "GET", "deadletters")).json()["deadLetters"]) == 4
+
+    down = await api(connector, "POST", "deadletters/replay")
+    assert (down.status_code, down.json()) == (200, {"replayed": 0, "failed": 4, "remaining": 4})
+    sp.clear_faults()
+    back = await api(connector, "POST", "deadletters/replay")
+    assert (back.status_code, back.json()) == (200, {"replayed": 4, "failed": 0, "remaining": 0})
+    assert sorted(c["externalId"] for c in sp.contacts()) == sorted(ids)
+    assert {await reason(connector, "contact", i) for i in ids} == {"created"}
