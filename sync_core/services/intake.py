@@ -5,6 +5,7 @@ A 202 means the event is in the queue. Nothing is persisted for a rejected reque
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from sync_core.dataverse.auth import WebhookAuthenticator
 from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
 from sync_core.event_codec import encode_event
 from sync_core.mapping import MappingConfig
+from sync_core.records import ChangeEvent, ChangeKind
+from sync_core.state.queue import MessageTooLarge
 
 log = logging.getLogger("sync_core.intake")
 
@@ -51,6 +54,26 @@ class WebhookIntake:
         self._mapping = mapping
         self._app_user = app_user_id
 
+    async def _queue(self, event: ChangeEvent) -> str:
+        """Queue the event with only the columns the sync reads; when even that is too large for one queue
+        message (a long text column), queue it without values: the worker reads the row instead."""
+        mapping = self._mapping.for_entity(event.entity)
+        assert mapping is not None
+        needed = set(mapping.columns())
+        event = dataclasses.replace(event, attributes={k: v for k, v in event.attributes.items() if k in needed})
+        try:
+            return await self._sink.send(encode_event(event))
+        except MessageTooLarge:
+            # A gone row cannot be read again: a delete keeps the one value its tombstone needs.
+            email = mapping.email_attribute
+            kept = (
+                {email: event.attributes[email]}
+                if event.kind is ChangeKind.DELETE and email in event.attributes
+                else {}
+            )
+            log.info("event too large for the queue; queued without values", extra={"entity": event.entity})
+            return await self._sink.send(encode_event(dataclasses.replace(event, attributes=kept, complete=False)))
+
     async def accept(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> IntakeResult:
         if not self._auth.verify(query, headers):
             return IntakeResult(401, "unauthorized")
@@ -67,7 +90,7 @@ class WebhookIntake:
         if event.made_by(self._app_user):
             return IntakeResult(200, "ignored: change made by the connector itself")
         try:
-            message_id = await self._sink.send(encode_event(event))
+            message_id = await self._queue(event)
         except Exception:
             log.exception("event could not be queued", extra={"entity": event.entity, "record_id": event.record_id})
             return IntakeResult(503, "event could not be stored; retry")

@@ -51,10 +51,14 @@ def encoded_size(message: str) -> int:
     return 4 * ((len(message.encode("utf-8")) + 2) // 3)
 
 
+class MessageTooLarge(ValueError):
+    """The message does not fit in one queue message."""
+
+
 def check_message_size(message: str) -> None:
     size = encoded_size(message)
     if size > MAX_ENCODED_MESSAGE_BYTES:
-        raise ValueError(
+        raise MessageTooLarge(
             f"queue message is {size} bytes base64-encoded; a queue message may be at most "
             f"{MAX_ENCODED_MESSAGE_BYTES} bytes"
         )
