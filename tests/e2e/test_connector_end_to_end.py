@@ -151,3 +151,27 @@ async def test_status_columns_show_each_records_spotler_status_in_dynamics(conne
         await connector.deliver()
         assert dv.row("contact", synced)["sync_spotlerstatus"] == "anonymized"
         assert len(dv.deliveries()) == before + 1
+
+
+async def test_webhook_answers_503_and_keeps_nothing_when_the_queue_cannot_store_the_event(
+    connector: Connector,
+) -> None:
+    from azure.storage.queue.aio import QueueClient
+
+    dv = connector.dataverse.sandbox
+    dv.set_webhook_options(hold=True)
+    record_id = dv.create("contact", JAN)
+    [held] = [d for d in dv.deliveries() if d.record_id == record_id]
+    queue = QueueClient.from_connection_string(
+        connector.settings["AzureWebJobsStorage"], connector.settings["SYNC_QUEUE_NAME"]
+    )
+    async with queue, httpx.AsyncClient() as http:
+        await queue.delete_queue()  # storage refuses the write
+        down = await http.post(held.url, content=held.body.encode(), headers=held.headers)
+        assert (down.status_code, down.json()) == (503, {"status": "event could not be stored; retry"})
+        await queue.create_queue()
+        assert list(await queue.peek_messages(max_messages=32)) == []
+        up = await http.post(held.url, content=held.body.encode(), headers=held.headers)
+        assert up.status_code == 202
+    assert await connector.host.run_queue(idle_rounds=2, poll_seconds=0.05) == 1
+    assert await reason(connector, "contact", record_id) == "created"
