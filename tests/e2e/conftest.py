@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -16,6 +18,29 @@ from tests.fixtures.dataverse import DataverseSandboxHandle
 from tests.fixtures.spotler import SpotlerSandbox
 
 WEBHOOK_KEY = "e2e-webhook-key"
+SUPPRESSION_KEY = "e2e-suppression-hash-key"
+EMAIL = re.compile(r"[\w.+-]+(@|%40)[\w-]+\.[\w.-]+")
+
+
+@pytest.fixture(autouse=True)
+def logs_hold_no_email_or_secret(
+    caplog: pytest.LogCaptureFixture, spotler_sandbox: SpotlerSandbox, dataverse_sandbox: DataverseSandboxHandle
+) -> Iterator[None]:
+    """Every log line the connector writes in an end-to-end test: no e-mail address, no secret."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    secrets = (WEBHOOK_KEY, SUPPRESSION_KEY, spotler_sandbox.consumer_secret, dataverse_sandbox.token)
+    for record in caplog.get_records("setup") + caplog.get_records("call"):
+        # The remote systems' own side, and calls made to the connector (by Dataverse or by the test).
+        remote_side = record.threadName.startswith(("sandbox-", "dataverse-webhooks")) or record.name.startswith(
+            ("sandboxes.dataverse", "sandboxes.spotler")
+        )
+        if remote_side or (record.name == "httpx" and "/api/" in record.getMessage()):
+            continue
+        text = f"{record.name} {record.getMessage()} {record.__dict__}"
+        assert not EMAIL.search(text), f"e-mail address in a log line: {record.name}: {record.getMessage()}"
+        for secret in secrets:
+            assert secret not in text, f"secret in a log line: {record.name}"
 
 
 @dataclass
@@ -59,7 +84,7 @@ def connector_factory(
             "DATAVERSE_APP_USER_ID": dataverse_sandbox.app_user_id,
             "WEBHOOK_AUTH_MODE": "webhook_key",
             "WEBHOOK_SECRET": WEBHOOK_KEY,
-            "SUPPRESSION_HASH_KEY": "e2e-suppression-hash-key",
+            "SUPPRESSION_HASH_KEY": SUPPRESSION_KEY,
             "MAX_DELIVERY_ATTEMPTS": "3",
         }
         settings.update(overrides)
