@@ -16,7 +16,6 @@ import asyncio
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,14 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 from rich.table import Table
 
-from sandboxes._server import BackgroundServer
-from sandboxes.dataverse import DataverseSandbox
-from sandboxes.dataverse import create_app as create_dataverse_app
 from sandboxes.functions_host import LocalFunctionsHost
-from sandboxes.spotler.app import create_app as create_spotler_app
-from sandboxes.spotler.store import SandboxConfig, SpotlerStore
-
-KEY, SECRET, TOKEN, WEBHOOK_KEY = "bench-key", "bench-secret", "bench-token", "bench-webhook-key"
+from sandboxes.stack import sandbox_stack
 
 
 def _per(total: int, n: int) -> str:
@@ -39,30 +32,11 @@ def _per(total: int, n: int) -> str:
 
 
 async def run(connection_string: str, records: int, page_size: int) -> list[tuple[str, str, str, str, str]]:
-    spotler = SpotlerStore(SandboxConfig(consumers={KEY: SECRET}))
-    dataverse = DataverseSandbox(token=TOKEN)
     rows: list[tuple[str, str, str, str, str]] = []
-    with (
-        BackgroundServer(create_spotler_app(store=spotler)) as sp_srv,
-        BackgroundServer(create_dataverse_app(dataverse)) as dv_srv,
-    ):
-        settings = {
-            "AzureWebJobsStorage": connection_string,
-            "SYNC_TABLE_PREFIX": "bench" + uuid.uuid4().hex[:8],
-            "SYNC_QUEUE_NAME": "bench-" + uuid.uuid4().hex[:8],
-            "SPOTLER_BASE_URL": sp_srv.url,
-            "SPOTLER_CONSUMER_KEY": KEY,
-            "SPOTLER_CONSUMER_SECRET": SECRET,
-            "DATAVERSE_URL": dv_srv.url,
-            "DATAVERSE_AUTH": "static_token",
-            "DATAVERSE_STATIC_TOKEN": TOKEN,
-            "DATAVERSE_APP_USER_ID": dataverse.app_user_id,
-            "WEBHOOK_SECRET": WEBHOOK_KEY,
-            "SUPPRESSION_HASH_KEY": "bench-suppression-hash-key",
-            "PULL_PAGE_SIZE": str(page_size),
-        }
-        async with LocalFunctionsHost(settings) as host:
-            host.register_webhooks(dataverse, key=WEBHOOK_KEY)
+    with sandbox_stack(connection_string, name="bench", PULL_PAGE_SIZE=str(page_size)) as stack:
+        spotler, dataverse = stack.spotler, stack.dataverse
+        async with LocalFunctionsHost(stack.settings) as host:
+            host.register_webhooks(dataverse, key=stack.webhook_key)
 
             async def measure(label: str, action: object, n: int) -> float:
                 spotler.reset_call_counts()

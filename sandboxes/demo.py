@@ -10,21 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 
 from rich.console import Console
 from rich.table import Table
 
-from sandboxes._server import BackgroundServer
-from sandboxes.dataverse import DataverseSandbox
-from sandboxes.dataverse import create_app as create_dataverse_app
 from sandboxes.functions_host import LocalFunctionsHost
-from sandboxes.spotler.app import create_app as create_spotler_app
-from sandboxes.spotler.store import SandboxConfig, SpotlerStore
+from sandboxes.stack import sandbox_stack
 from sync_core.services.runtime import get_runtime
 from sync_core.services.status import record_status_view
 
-KEY, SECRET, TOKEN, WEBHOOK_KEY = "demo-consumer-key", "demo-consumer-secret", "demo-token", "demo-webhook-key"
 console = Console(width=160)
 
 
@@ -42,31 +36,16 @@ def _column_note(row: dict[str, object], reason: str) -> str:
 
 
 async def story(connection_string: str) -> int:
-    spotler = SpotlerStore(SandboxConfig(consumers={KEY: SECRET}))
-    dataverse = DataverseSandbox(token=TOKEN)
-    with (
-        BackgroundServer(create_spotler_app(store=spotler)) as sp_srv,
-        BackgroundServer(create_dataverse_app(dataverse)) as dv_srv,
-    ):
-        settings = {
-            "AzureWebJobsStorage": connection_string,
-            "SYNC_TABLE_PREFIX": "demo" + uuid.uuid4().hex[:8],
-            "SYNC_QUEUE_NAME": "demo-events",
-            "SPOTLER_BASE_URL": sp_srv.url,
-            "SPOTLER_CONSUMER_KEY": KEY,
-            "SPOTLER_CONSUMER_SECRET": SECRET,
-            "DATAVERSE_URL": dv_srv.url,
-            "DATAVERSE_AUTH": "static_token",
-            "DATAVERSE_STATIC_TOKEN": TOKEN,
-            "DATAVERSE_APP_USER_ID": dataverse.app_user_id,
-            "WEBHOOK_SECRET": WEBHOOK_KEY,
-            "SUPPRESSION_HASH_KEY": "demo-suppression-hash-key",
-            "SPOTLER_MAX_ATTEMPTS": "2",
-            "DATAVERSE_STATUS_COLUMN": "sync_spotlerstatus",
-            "DATAVERSE_STATUS_DETAIL_COLUMN": "sync_spotlerstatusdetail",
-        }
-        async with LocalFunctionsHost(settings) as host:
-            host.register_webhooks(dataverse, key=WEBHOOK_KEY)
+    with sandbox_stack(
+        connection_string,
+        name="demo",
+        SPOTLER_MAX_ATTEMPTS="2",
+        DATAVERSE_STATUS_COLUMN="sync_spotlerstatus",
+        DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail",
+    ) as stack:
+        spotler, dataverse = stack.spotler, stack.dataverse
+        async with LocalFunctionsHost(stack.settings) as host:
+            host.register_webhooks(dataverse, key=stack.webhook_key)
 
             async def settle() -> None:
                 await asyncio.to_thread(dataverse.drain, timeout=30.0)

@@ -29,7 +29,7 @@ from sandboxes._server import free_port
 from sandboxes.dataverse import DataverseSandbox
 from sync_core.records import ENTITY_NAMES
 from sync_core.services.runtime import get_runtime, reset_runtime
-from sync_core.state.queue import EventQueue
+from sync_core.state.queue import EventQueue, ReceivedMessage
 
 log = logging.getLogger("sandboxes.functions_host")
 
@@ -134,31 +134,19 @@ class LocalFunctionsHost:
         Like the host (host.json `batchSize`), a batch of messages is handled concurrently. A handler that
         raises leaves its message to reappear after the visibility timeout, as in Azure.
         """
-        assert self._queue is not None
-        queue = self._queue
         handled = 0
         idle = 0
-
-        async def deliver(message: Any) -> bool:
-            try:
-                await function_app.push_worker(self._message(message))
-            except Exception:
-                log.info("queue handler failed; the message will be delivered again", exc_info=True)
-                return False
-            await queue.delete(message.id, message.pop_receipt)
-            return True
-
         for _ in range(max_rounds):
-            batch = await queue.receive(max_messages=batch_size, visibility_timeout=self._visibility)
-            if not batch:
-                if await queue.count() == 0:
-                    idle += 1
-                    if idle >= idle_rounds:
-                        break
-                await asyncio.sleep(poll_seconds)
+            handled_now, failed = await self._deliver_batch(batch_size, self._visibility)
+            if handled_now or failed:
+                idle = 0
+                handled += handled_now
                 continue
-            idle = 0
-            handled += sum(await asyncio.gather(*(deliver(m) for m in batch)))
+            if await self._event_queue().count() == 0:
+                idle += 1
+                if idle >= idle_rounds:
+                    break
+            await asyncio.sleep(poll_seconds)
         return handled
 
     async def run_queue_once(self, *, batch_size: int = 8) -> tuple[int, int]:
@@ -167,29 +155,44 @@ class LocalFunctionsHost:
         Failed messages are made visible again afterwards (their dequeue count has gone up), so a test can
         see the state between two deliveries of the same events.
         """
-        assert self._queue is not None
-        queue = self._queue
-        failed: list[Any] = []
+        handled = 0
+        failed: list[ReceivedMessage] = []
+        while True:
+            handled_now, failed_now = await self._deliver_batch(batch_size, 300)
+            if not handled_now and not failed_now:
+                break
+            handled += handled_now
+            failed += failed_now
+        for message in failed:
+            await self._event_queue().release(message.id, message.pop_receipt)
+        return handled, len(failed)
 
-        async def deliver(message: Any) -> bool:
+    def _event_queue(self) -> EventQueue:
+        assert self._queue is not None, "the host is not running"
+        return self._queue
+
+    async def _deliver_batch(self, batch_size: int, visibility: int) -> tuple[int, list[ReceivedMessage]]:
+        """Receive one batch and hand it to the queue handler concurrently; (handled, the failed messages).
+
+        A handled message is deleted; a failed one stays hidden until `visibility` runs out, as in Azure.
+        """
+        queue = self._event_queue()
+        batch = await queue.receive(max_messages=batch_size, visibility_timeout=visibility)
+
+        async def deliver(message: ReceivedMessage) -> bool:
+            body = message.text.encode("utf-8")
             try:
-                await function_app.push_worker(self._message(message))
+                await function_app.push_worker(
+                    QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count)
+                )
             except Exception:
-                failed.append(message)
+                log.info("queue handler failed; the message will be delivered again", exc_info=True)
                 return False
             await queue.delete(message.id, message.pop_receipt)
             return True
 
-        handled = 0
-        while batch := await queue.receive(max_messages=batch_size, visibility_timeout=300):
-            handled += sum(await asyncio.gather(*(deliver(m) for m in batch)))
-        for message in failed:
-            await queue.release(message.id, message.pop_receipt)
-        return handled, len(failed)
-
-    @staticmethod
-    def _message(message: Any) -> QueueMessage:
-        return QueueMessage(id=message.id, body=message.text.encode("utf-8"), dequeue_count=message.dequeue_count)
+        outcomes = await asyncio.gather(*(deliver(m) for m in batch))
+        return sum(outcomes), [m for m, ok in zip(batch, outcomes, strict=True) if not ok]
 
     async def run_timer(self) -> None:
         """One run of the 15-minute pull."""

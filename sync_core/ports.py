@@ -161,12 +161,15 @@ class StateStore(Protocol):
         """Give the claim up after a failure so that a retry can claim it again."""
         ...
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
-        """Hold the lease `name` until `now + ttl`: True when free, expired or already held by `owner`."""
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
+        """Hold the lease `name` until `now + ttl` when it is free, expired or already held by `owner`.
+
+        Returns the lease's token (None when another owner holds it); taking it again gives a new token.
+        """
         ...
 
-    async def release_lease(self, name: str, *, owner: str) -> None:
-        """Give the lease up if `owner` still holds it."""
+    async def release_lease(self, name: str, token: str) -> None:
+        """Give the lease up if it is still the one `token` was handed out for (else leave it)."""
         ...
 
     async def aclose(self) -> None: ...

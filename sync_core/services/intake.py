@@ -14,7 +14,7 @@ from typing import Protocol
 from sync_core.dataverse.auth import WebhookAuthenticator
 from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
 from sync_core.event_codec import encode_event
-from sync_core.mapping import MappingConfig
+from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.records import ChangeEvent, ChangeKind
 from sync_core.state.queue import MessageTooLarge
 
@@ -54,11 +54,9 @@ class WebhookIntake:
         self._mapping = mapping
         self._app_user = app_user_id
 
-    async def _queue(self, event: ChangeEvent) -> str:
+    async def _queue(self, event: ChangeEvent, mapping: EntityMapping) -> str:
         """Queue the event with only the columns the sync reads; when even that is too large for one queue
         message (a long text column), queue it without values: the worker reads the row instead."""
-        mapping = self._mapping.for_entity(event.entity)
-        assert mapping is not None
         needed = set(mapping.columns())
         event = dataclasses.replace(event, attributes={k: v for k, v in event.attributes.items() if k in needed})
         try:
@@ -85,12 +83,13 @@ class WebhookIntake:
             return IntakeResult(200, f"ignored: {exc}")
         except WebhookPayloadError as exc:
             return IntakeResult(400, str(exc))
-        if self._mapping.for_entity(event.entity) is None:
+        mapping = self._mapping.for_entity(event.entity)
+        if mapping is None:
             return IntakeResult(200, f"ignored: {event.entity} is not mapped")
         if event.made_by(self._app_user):
             return IntakeResult(200, "ignored: change made by the connector itself")
         try:
-            message_id = await self._queue(event)
+            message_id = await self._queue(event, mapping)
         except Exception:
             log.exception("event could not be queued", extra={"entity": event.entity, "record_id": event.record_id})
             return IntakeResult(503, "event could not be stored; retry")

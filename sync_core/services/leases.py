@@ -32,16 +32,17 @@ class RecordLeases:
     ttl: timedelta = timedelta(minutes=5)
     wait: timedelta = timedelta(seconds=10)
 
-    async def take(self, entity: EntityName, record_id: str, owner: str) -> bool:
-        """Take the record's lease, waiting up to `wait` for a holder that is about to finish."""
+    async def take(self, entity: EntityName, record_id: str, owner: str) -> str | None:
+        """The record's lease token, waiting up to `wait` for a holder that is about to finish; None if busy."""
         polls = max(1, math.ceil(self.wait.total_seconds() / POLL_SECONDS))
         name = lease_name(entity, record_id)
         for poll in range(polls):
-            if await self.state.acquire_lease(name, owner=owner, now=self.clock(), ttl=self.ttl):
-                return True
+            token = await self.state.acquire_lease(name, owner=owner, now=self.clock(), ttl=self.ttl)
+            if token is not None:
+                return token
             if poll + 1 < polls:
                 await asyncio.sleep(POLL_SECONDS)
-        return False
+        return None
 
-    async def give_back(self, entity: EntityName, record_id: str, owner: str) -> None:
-        await self.state.release_lease(lease_name(entity, record_id), owner=owner)
+    async def give_back(self, entity: EntityName, record_id: str, token: str) -> None:
+        await self.state.release_lease(lease_name(entity, record_id), token)

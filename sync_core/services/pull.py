@@ -206,16 +206,16 @@ class PullService:
         The page holds the lease of every record it touches, so no push of the same record runs in between
         reading the row and writing both sides.
         """
-        held: list[tuple[EntityName, str]] = []
+        held: list[tuple[EntityName, str, str]] = []
         try:
             plans = await self._plan_page(contacts, owner, held)
             await self._write_page(plans, report)
         finally:
-            for entity, record_id in held:
-                await self._leases.give_back(entity, record_id, owner)
+            for entity, record_id, token in held:
+                await self._leases.give_back(entity, record_id, token)
 
     async def _plan_page(
-        self, contacts: tuple[SpotlerContact, ...], owner: str, held: list[tuple[EntityName, str]]
+        self, contacts: tuple[SpotlerContact, ...], owner: str, held: list[tuple[EntityName, str, str]]
     ) -> list[PullPlan]:
         now = self._clock()
         busy: list[str] = []
@@ -229,10 +229,11 @@ class PullService:
                     mapping = self._mapping.for_entity(candidate.entity)
                     if mapping is None:
                         continue
-                    if not await self._leases.take(candidate.entity, candidate.record_id, owner):
+                    token = await self._leases.take(candidate.entity, candidate.record_id, owner)
+                    if token is None:
                         busy.append(f"{candidate.entity} {candidate.record_id}")
                         continue
-                    held.append((candidate.entity, candidate.record_id))
+                    held.append((candidate.entity, candidate.record_id, token))
                     link = await self._state.get_link(candidate.entity, candidate.record_id)  # as of the lease
                     if link is None:
                         continue

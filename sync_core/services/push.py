@@ -94,13 +94,14 @@ class PushService:
             log.info("duplicate delivery ignored", extra={"entity": event.entity, "record_id": event.record_id})
             return PushOutcome("ignored", None, "duplicate delivery")
         # One change of a record at a time: two workers must not write Spotler in an order nobody chose.
-        if not await self.leases.take(event.entity, event.record_id, owner):
+        lease = await self.leases.take(event.entity, event.record_id, owner)
+        if lease is None:
             await self._state.release_delivery(event.idempotency_key, owner=owner)
             raise RetryLater("another change of this record is being applied")
         try:
             return await self._handle_claimed(event, mapping, owner, now)
         finally:
-            await self.leases.give_back(event.entity, event.record_id, owner)
+            await self.leases.give_back(event.entity, event.record_id, lease)
 
     async def _handle_claimed(
         self, event: ChangeEvent, mapping: EntityMapping, owner: str, now: datetime
@@ -295,6 +296,7 @@ class PushService:
         """Park an event that keeps failing: visible, with its error, and replayable."""
         existing = await self._state.get_dead_letter(event.entity, event.idempotency_key)
         replays = existing.replays if existing else 0
+        due = now + backoff_delay(replays + 1) if retry else None
         message = getattr(exc, "message", None) or str(exc)
         await self._state.put_dead_letter(
             DeadLetter(
@@ -307,7 +309,7 @@ class PushService:
                 replays=replays,
                 first_failed=existing.first_failed if existing else now,
                 last_failed=now,
-                next_retry=now + backoff_delay(replays + 1) if retry else None,
+                next_retry=due,
                 etag=existing.etag if existing else None,
             )
         )
@@ -315,9 +317,8 @@ class PushService:
             "event dead-lettered",
             extra={"entity": event.entity, "record_id": event.record_id, "error": type(exc).__name__},
         )
-        if retry:
+        if due is not None:
             # The record's status says where its change went; a permanent failure already said why.
-            due = now + backoff_delay(replays + 1)
             reason = ReasonCode.TRANSIENT_ERROR
             detail = (
                 f"parked as dead letter {event.idempotency_key} after {attempts} deliveries; "

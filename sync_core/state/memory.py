@@ -67,6 +67,12 @@ class _Table:
     def delete(self, partition: str, row: str) -> None:
         self._rows.pop((partition, row), None)
 
+    def delete_if(self, partition: str, row: str, etag: str) -> None:
+        """Delete if the row still has `etag`."""
+        current = self._rows.get((partition, row))
+        if current is not None and current.etag == etag:
+            del self._rows[(partition, row)]
+
     def partition(self, partition: str) -> list[tuple[str, _Row]]:
         """The partition's rows in row-key order."""
         return sorted(
@@ -268,18 +274,15 @@ class InMemoryStateStore:
 
     # ------------------------------------------------------------------------------------------ leases
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
         row = codec.safe_key(name)
         props = codec.lease_props(name, owner, now + ttl)
         current = self._deliveries.get(codec.LEASE_PARTITION, row)
         if current is None:
-            return self._deliveries.create(codec.LEASE_PARTITION, row, props) is not None
+            return self._deliveries.create(codec.LEASE_PARTITION, row, props)
         if not codec.lease_is_free(current.props, owner, now):
-            return False
-        return self._deliveries.replace_if(codec.LEASE_PARTITION, row, props, current.etag) is not None
+            return None
+        return self._deliveries.replace_if(codec.LEASE_PARTITION, row, props, current.etag)
 
-    async def release_lease(self, name: str, *, owner: str) -> None:
-        row = codec.safe_key(name)
-        current = self._deliveries.get(codec.LEASE_PARTITION, row)
-        if current is not None and current.props.get("owner") == owner:
-            self._deliveries.delete(codec.LEASE_PARTITION, row)
+    async def release_lease(self, name: str, token: str) -> None:
+        self._deliveries.delete_if(codec.LEASE_PARTITION, codec.safe_key(name), token)

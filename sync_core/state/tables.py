@@ -23,10 +23,10 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 TABLE_SUFFIXES = ("links", "index", "watermarks", "status", "deadletters", "suppressions", "deliveries")
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _MAX_TABLE_NAME = 63
+Takeover = Literal["take", "keep", "refuse"]
 
 
 def _validate_prefix(prefix: str) -> str:
@@ -361,38 +362,44 @@ class TableStateStore:
 
     # ------------------------------------------------------------------------------------------ deliveries
 
+    async def _insert_or_take(
+        self, partition: str, row: str, props: Mapping[str, Any], decide: Callable[[TableEntity], Takeover]
+    ) -> str | None:
+        """Insert the row, or replace an existing one `decide` says may be taken ("take") or is ours already
+        ("keep": left as it is); the row's etag, or None when someone else has it."""
+        entity = _to_entity(partition, row, props)
+        for _ in range(2):  # once more when the row disappears between our insert and our read
+            try:
+                return _result_etag(await self._deliveries.create_entity(entity))
+            except ResourceExistsError:
+                pass
+            current = await self._get(self._deliveries, partition, row)
+            if current is None:
+                continue
+            verdict = decide(current)
+            if verdict != "take":
+                return _etag(current) if verdict == "keep" else None
+            try:
+                result = await self._deliveries.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=_etag(current), match_condition=MatchConditions.IfNotModified
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return None
+            return _result_etag(result)
+        return None
+
     async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
         await self._ensure()
         partition, row = codec.delivery_keys(key)
-        claimed = _to_entity(partition, row, codec.delivery_props(key, owner, codec.DELIVERY_CLAIMED, now))
-        try:
-            await self._deliveries.create_entity(claimed)
-            return True
-        except ResourceExistsError:
-            pass
-        current = await self._get(self._deliveries, partition, row)
-        if current is None:
-            # Removed between our insert and our read: try once more, losing to anyone faster.
-            try:
-                await self._deliveries.create_entity(claimed)
-                return True
-            except ResourceExistsError:
-                return False
-        state = current.get("state")
-        if state == codec.DELIVERY_CLAIMED:
-            return current.get("owner") == owner
-        if state != codec.DELIVERY_RELEASED:
-            return False
-        try:
-            await self._deliveries.update_entity(
-                claimed,
-                mode=UpdateMode.REPLACE,
-                etag=_etag(current),
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        return True
+
+        def decide(current: TableEntity) -> Takeover:
+            state = current.get("state")
+            if state == codec.DELIVERY_CLAIMED:
+                return "keep" if current.get("owner") == owner else "refuse"
+            return "take" if state == codec.DELIVERY_RELEASED else "refuse"
+
+        claimed = codec.delivery_props(key, owner, codec.DELIVERY_CLAIMED, now)
+        return await self._insert_or_take(partition, row, claimed, decide) is not None
 
     async def complete_delivery(self, key: str, *, owner: str, now: datetime) -> None:
         await self._ensure()
@@ -426,41 +433,20 @@ class TableStateStore:
 
     # ------------------------------------------------------------------------------------------ leases
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
         await self._ensure()
-        row = codec.safe_key(name)
-        entity = _to_entity(codec.LEASE_PARTITION, row, codec.lease_props(name, owner, now + ttl))
-        try:
-            await self._deliveries.create_entity(entity)
-            return True
-        except ResourceExistsError:
-            pass
-        current = await self._get(self._deliveries, codec.LEASE_PARTITION, row)
-        if current is None:
-            try:
-                await self._deliveries.create_entity(entity)
-                return True
-            except ResourceExistsError:
-                return False
-        if not codec.lease_is_free(current, owner, now):
-            return False
-        try:
-            await self._deliveries.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=_etag(current), match_condition=MatchConditions.IfNotModified
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        return True
 
-    async def release_lease(self, name: str, *, owner: str) -> None:
+        def decide(current: TableEntity) -> Takeover:
+            return "take" if codec.lease_is_free(current, owner, now) else "refuse"
+
+        props = codec.lease_props(name, owner, now + ttl)
+        return await self._insert_or_take(codec.LEASE_PARTITION, codec.safe_key(name), props, decide)
+
+    async def release_lease(self, name: str, token: str) -> None:
         await self._ensure()
-        row = codec.safe_key(name)
-        current = await self._get(self._deliveries, codec.LEASE_PARTITION, row)
-        if current is None or current.get("owner") != owner:
-            return
         try:
             await self._deliveries.delete_entity(
-                codec.LEASE_PARTITION, row, etag=_etag(current), match_condition=MatchConditions.IfNotModified
+                codec.LEASE_PARTITION, codec.safe_key(name), etag=token, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
-            logger.info("lease changed while it was being released; left as it is")
+            logger.info("lease changed since it was taken (expired and taken over); left as it is")

@@ -518,7 +518,7 @@ class YieldingStateStore(InMemoryStateStore):
         await asyncio.sleep(0)
         return await super().claim_delivery(key, owner=owner, now=now)
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
         await asyncio.sleep(0)
         return await super().acquire_lease(name, owner=owner, now=now, ttl=ttl)
 

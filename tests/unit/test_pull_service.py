@@ -440,7 +440,8 @@ async def test_pull_leaves_a_record_alone_while_a_push_holds_it_and_applies_it_o
     world.spotler.profile_edit(ID, properties={"firstName": "Zoë"})
     world.clock.advance(seconds=1)
     lease = f"record/contact/{ID}"
-    assert await world.state.acquire_lease(lease, owner="msg-push", now=world.clock.now(), ttl=timedelta(minutes=5))
+    token = await world.state.acquire_lease(lease, owner="msg-push", now=world.clock.now(), ttl=timedelta(minutes=5))
+    assert token is not None
 
     with pytest.raises(RetryLater, match="being pushed"):
         await pull.run()
@@ -449,9 +450,12 @@ async def test_pull_leaves_a_record_alone_while_a_push_holds_it_and_applies_it_o
     assert cut.in_progress
     assert cut.run_started is None
 
-    await world.state.release_lease(lease, owner="msg-push")
+    await world.state.release_lease(lease, token)
     report = await pull.run()
     assert report.completed
     assert [w.changes for w in world.dataverse.writes_to(ID)] == [{"firstname": "Zoë"}]
     # The pull gave the record's lease back.
-    assert await world.state.acquire_lease(lease, owner="msg-next", now=world.clock.now(), ttl=timedelta(minutes=5))
+    next_owner = await world.state.acquire_lease(
+        lease, owner="msg-next", now=world.clock.now(), ttl=timedelta(minutes=5)
+    )
+    assert next_owner is not None

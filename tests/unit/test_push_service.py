@@ -227,7 +227,8 @@ async def test_held_record_lease_defers_the_change_until_it_is_released() -> Non
     world = World()
     push = world.push(lease_wait=timedelta(0))
     lease = f"record/contact/{ID}"
-    assert await world.state.acquire_lease(lease, owner="other", now=T0, ttl=timedelta(minutes=5))
+    token = await world.state.acquire_lease(lease, owner="other", now=T0, ttl=timedelta(minutes=5))
+    assert token is not None
     event = change(ID)
 
     with pytest.raises(RetryLater, match="another change of this record"):
@@ -236,13 +237,13 @@ async def test_held_record_lease_defers_the_change_until_it_is_released() -> Non
     assert world.spotler.calls == {}
     assert world.spotler.contact(ID) is None
     assert await world.state.list_status("contact", ID) == []
-    await world.state.release_lease(lease, owner="other")
+    await world.state.release_lease(lease, token)
     # The claim was given back: a different owner can take the event now.
     outcome = await push.handle(event, owner="msg-1-second-copy")
     assert outcome.reason is ReasonCode.CREATED
     assert world.spotler.contact(ID) is not None
     # And the push gave its own lease back.
-    assert await world.state.acquire_lease(lease, owner="other", now=T0, ttl=timedelta(minutes=5))
+    assert await world.state.acquire_lease(lease, owner="other", now=T0, ttl=timedelta(minutes=5)) is not None
 
 
 async def test_lease_held_through_the_whole_wait_still_defers_the_change() -> None:
@@ -252,7 +253,7 @@ async def test_lease_held_through_the_whole_wait_still_defers_the_change() -> No
     polls: list[str] = []
     acquire = world.state.acquire_lease
 
-    async def counted(name: str, *, owner: str, now: datetime, ttl: timedelta) -> bool:
+    async def counted(name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
         polls.append(owner)
         return await acquire(name, owner=owner, now=now, ttl=ttl)
 
