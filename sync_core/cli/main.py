@@ -1,0 +1,13 @@
+"""The full command line: the root command with every command group attached (one line per group)."""
+
+from __future__ import annotations
+
+from sync_core.cli.app import app, run
+
+# Command groups register themselves on `app` when imported; add one import per group module here.
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    run()
