@@ -6,6 +6,8 @@ error that names it; secrets are `SecretStr` so they never print.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -284,6 +286,22 @@ def setting_specs() -> list[SettingSpec]:
             )
         )
     return specs
+
+
+def settings_environ(settings_file: Path | None) -> dict[str, str]:
+    """A Functions settings file's `Values` overlaid with the process environment (the environment wins)."""
+    values: dict[str, str] = {}
+    if settings_file is not None:
+        try:
+            document = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"{settings_file}: cannot read settings ({exc})") from None
+        raw = document.get("Values", {}) if isinstance(document, dict) else {}
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{settings_file}: `Values` must be an object")
+        values.update({str(k): str(v) for k, v in raw.items()})
+    values.update(os.environ)
+    return values
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

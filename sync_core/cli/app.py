@@ -8,8 +8,6 @@ run the same configuration the local Functions host uses. Exit codes scripts can
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sync_core.settings import Settings, SettingsError, load_settings
+from sync_core.settings import Settings, SettingsError, load_settings, settings_environ
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -46,22 +44,6 @@ class CliContext:
         if self._settings is None:
             self._settings = load_cli_settings(self.settings_file)
         return self._settings
-
-
-def settings_environ(settings_file: Path | None) -> dict[str, str]:
-    """The file's `Values` overlaid with the process environment (the environment wins)."""
-    values: dict[str, str] = {}
-    if settings_file is not None:
-        try:
-            document = json.loads(settings_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SettingsError(f"{settings_file}: cannot read settings ({exc})") from None
-        raw = document.get("Values", {}) if isinstance(document, dict) else {}
-        if not isinstance(raw, dict):
-            raise SettingsError(f"{settings_file}: `Values` must be an object")
-        values.update({str(k): str(v) for k, v in raw.items()})
-    values.update(os.environ)
-    return values
 
 
 def load_cli_settings(settings_file: Path | None) -> Settings:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sync_core.cli.app import settings_environ
 from sync_core.cli.main import app
-from sync_core.settings import SettingsError
+from sync_core.settings import SettingsError, settings_environ
 
 
 def test_settings_file_values_are_overlaid_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
