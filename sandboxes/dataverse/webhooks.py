@@ -81,6 +81,7 @@ class WebhookRegistration:
 class SenderOptions:
     duplicate: bool = False  # send every delivery twice (a late success re-delivered)
     hold: bool = False  # keep async deliveries until release(), to deliver them out of order
+    drop: int = 0  # lose the next N async deliveries, as Dataverse does once its retry has failed
     force_size_exceeded: bool = False
     size_limit: int = SIZE_LIMIT
     timeout: float = 60.0
@@ -102,7 +103,7 @@ class Delivery:
     body: str
     headers: dict[str, str]
     operation_id: str
-    status: Literal["held", "pending", "succeeded", "failed"] = "pending"
+    status: Literal["held", "pending", "succeeded", "failed", "dropped"] = "pending"
     attempts: list[int] = field(default_factory=list)  # HTTP status per attempt, 0 = no response
     error: str = ""
     size_exceeded: bool = False
@@ -208,6 +209,10 @@ class WebhookSender:
             for item in copies:
                 with self._cond:
                     self.deliveries.append(item)
+                    if self.options.drop > 0:
+                        self.options.drop -= 1
+                        item.status, item.error = "dropped", "dropped on request (retry exhausted)"
+                        continue
                     if self.options.hold:
                         item.status = "held"
                         self._held.append(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sync_core.eligibility import is_active
 from sync_core.errors import SyncError
 from sync_core.event_codec import EventDecodeError, event_from_dict
 from sync_core.feed import FeedCursor, PagingMode, page_request, take_page
@@ -18,10 +20,19 @@ from sync_core.merge import PullPlan, plan_pull
 from sync_core.plan import PushOptions
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, EntityName, EventSource, RowUpdate, SpotlerContact
+from sync_core.records import (
+    AttrValue,
+    ChangeEvent,
+    ChangeKind,
+    DataverseRow,
+    EntityName,
+    EventSource,
+    RowUpdate,
+    SpotlerContact,
+)
 from sync_core.services.leases import RecordLeases
 from sync_core.services.push import NO_STATUS_COLUMNS, PushService, RetryLater, StatusColumns, backoff_delay
-from sync_core.state_model import StatusEntry, Watermark
+from sync_core.state_model import LinkState, StatusEntry, Watermark
 
 log = logging.getLogger("sync_core.pull")
 
@@ -49,6 +60,7 @@ class PullReport:
     spotler_fixes: int = 0
     conflicts: int = 0
     failed_rows: int = 0
+    found_changes: int = 0  # rows found inactive or deleted whose webhook never arrived
     replayed: int = 0
     replay_failures: int = 0
     watermark: datetime | None = None
@@ -208,17 +220,19 @@ class PullService:
         """
         held: list[tuple[EntityName, str, str]] = []
         try:
-            plans = await self._plan_page(contacts, owner, held)
+            plans, found = await self._plan_page(contacts, owner, held)
             await self._write_page(plans, report)
+            await self._apply_found(found, report, owner)
         finally:
             for entity, record_id, token in held:
                 await self._leases.give_back(entity, record_id, token)
 
     async def _plan_page(
         self, contacts: tuple[SpotlerContact, ...], owner: str, held: list[tuple[EntityName, str, str]]
-    ) -> list[PullPlan]:
+    ) -> tuple[list[PullPlan], list[ChangeEvent]]:
         now = self._clock()
         busy: list[str] = []
+        found_changes: list[ChangeEvent] = []
         # The page's reads go out together, bounded well below Dataverse's concurrency limit.
         gate = asyncio.Semaphore(self._pull.read_concurrency)
 
@@ -238,6 +252,11 @@ class PullService:
                     if link is None:
                         continue
                     row = await self._dataverse.get_row(link.entity, link.record_id, mapping.columns())
+                    if (row is None or not is_active(row.attributes)) and not link.anonymized:
+                        # Inactive rows are read-only and gone ones cannot be written: the change that made them so
+                        # never reached the push (a lost webhook), so its rule is applied instead of a write-back.
+                        found_changes.append(_found_change(link, row, owner))
+                        continue
                     plan = plan_pull(contact, link, row, mapping, self._options, now)
                     if not plan.skipped:
                         found.append(plan)
@@ -246,7 +265,27 @@ class PullService:
         plans = [plan for group in await asyncio.gather(*map(plans_for, contacts)) for plan in group]
         if busy:
             raise RetryLater(f"records being pushed right now: {', '.join(busy[:5])}; the page is applied again")
-        return plans
+        return plans, found_changes
+
+    async def _apply_found(self, changes: list[ChangeEvent], report: PullReport, owner: str) -> None:
+        """Apply the push rule to rows found inactive or gone (their leases are held by this page)."""
+        if self._push is None:
+            return
+        for event in changes:
+            try:
+                outcome = await self._push.apply_found(event, note="found by the pull")
+            except ConcurrencyConflict as exc:
+                raise RetryLater(f"{event.entity} {event.record_id} changed while the pull applied it") from exc
+            except SyncError as exc:
+                if exc.retryable:
+                    raise
+                report.failed_rows += 1
+                detail = f"{type(exc).__name__}: {exc.message} (found by the pull)"
+                await self._status(event.entity, event.record_id, ReasonCode.PERMANENT_ERROR, detail, self._clock())
+                continue
+            report.found_changes += 1
+            if outcome.reason is not None:
+                report.reasons[outcome.reason.value] = report.reasons.get(outcome.reason.value, 0) + 1
 
     async def _write_page(self, plans: list[PullPlan], report: PullReport) -> None:
         now = self._clock()
@@ -264,7 +303,8 @@ class PullService:
                 if result.status in (412, 424, 429) or result.status >= 500:
                     raise RetryLater(f"Dataverse update of {link.entity} {link.record_id} answered {result.status}")
                 report.failed_rows += 1
-                await self._status(link.entity, link.record_id, ReasonCode.PERMANENT_ERROR, result.message, now)
+                detail = f"Dataverse refused the write-back ({result.status} {result.error_code}): {result.message}"
+                await self._refused(plan, detail, now)
                 continue
             if plan.spotler_fix is not None:
                 try:
@@ -274,8 +314,8 @@ class PullService:
                         raise
                     # Spotler will never take this one: say so on the record and let the feed move on.
                     report.failed_rows += 1
-                    detail = f"{type(exc).__name__}: {exc.message}"
-                    await self._status(link.entity, link.record_id, ReasonCode.PERMANENT_ERROR, detail, now)
+                    detail = f"Spotler refused the correction: {type(exc).__name__}: {exc.message}"
+                    await self._refused(plan, detail, now)
                     continue
                 report.spotler_fixes += 1
             if plan.suppress is not None:
@@ -288,6 +328,24 @@ class PullService:
             if plan.changes or plan.spotler_fix or plan.conflicts:
                 await self._status(link.entity, link.record_id, plan.reason, plan.detail, now, link.external_id)
             report.reasons[plan.reason.value] = report.reasons.get(plan.reason.value, 0) + 1
+
+    async def _refused(self, plan: PullPlan, detail: str, now: datetime) -> None:
+        """A write the other side refused for good: the record's status says so (link, history, column)."""
+        current = await self._state.get_link(plan.link.entity, plan.link.record_id)
+        if current is not None:
+            with contextlib.suppress(ConcurrencyConflict):
+                await self._state.save_link(
+                    dataclasses.replace(
+                        current, reason=ReasonCode.PERMANENT_ERROR, detail=detail[:2000], last_attempt=now
+                    )
+                )
+        await self._status(
+            plan.link.entity, plan.link.record_id, ReasonCode.PERMANENT_ERROR, detail, now, plan.link.external_id
+        )
+        if self._push is not None:
+            await self._push.write_status_columns(
+                plan.link.entity, plan.link.record_id, ReasonCode.PERMANENT_ERROR, detail
+            )
 
     def _status_values(self, plan: PullPlan) -> dict[str, AttrValue]:
         """The status columns, written in the same request as the pulled values (nothing extra is sent)."""
@@ -359,6 +417,32 @@ class PullService:
             return False
         await self._state.delete_dead_letter(letter.entity, letter.event_id)
         return True
+
+
+def _found_change(link: LinkState, row: DataverseRow | None, owner: str) -> ChangeEvent:
+    """The change a lost webhook would have carried: a delete (row gone) or a deactivation (row inactive)."""
+    key = f"{owner}:found:{link.entity}:{link.record_id}"
+    if row is None:
+        return ChangeEvent(
+            entity=link.entity,
+            record_id=link.record_id,
+            kind=ChangeKind.DELETE,
+            attributes={},
+            changed=frozenset(),
+            idempotency_key=key,
+            source=EventSource.PULL,
+        )
+    return ChangeEvent(
+        entity=link.entity,
+        record_id=link.record_id,
+        kind=ChangeKind.SET_STATE,
+        attributes=dict(row.attributes),
+        changed=frozenset({"statecode"}),
+        idempotency_key=key,
+        source=EventSource.PULL,
+        version=row.version,
+        modified_on=row.modified_on,
+    )
 
 
 def _latest(a: datetime | None, b: datetime | None) -> datetime | None:

@@ -16,7 +16,7 @@ from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, ChangeEvent, ChangeKind, SpotlerContact
+from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, SpotlerContact
 from sync_core.services.leases import RecordLeases
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
@@ -48,6 +48,13 @@ class StatusColumns:
 
 
 NO_STATUS_COLUMNS = StatusColumns()
+
+
+def _noted(plan: PushPlan, note: str) -> PushPlan:
+    """The plan with `note` added to its detail (on the record's status and link alike)."""
+    detail = f"{plan.detail} ({note})"
+    link = dataclasses.replace(plan.link, detail=detail) if plan.link is not None else None
+    return dataclasses.replace(plan, detail=detail, link=link)
 
 
 def backoff_delay(attempt: int, *, base_seconds: float = 60.0, cap_seconds: float = 6 * 3600.0) -> timedelta:
@@ -126,6 +133,17 @@ class PushService:
         await self._state.complete_delivery(event.idempotency_key, owner=owner, now=now)
         return outcome
 
+    async def apply_found(self, event: ChangeEvent, *, note: str) -> PushOutcome:
+        """Apply a change another run found (the caller holds the record's lease); `note` says who found it.
+
+        The pull calls this for a linked row it read inactive or gone: the webhook for that change never came,
+        so the rule the push would have applied is applied now. Failures propagate as they are.
+        """
+        mapping = self._mapping.for_entity(event.entity)
+        if mapping is None:
+            return PushOutcome("ignored", None, f"{event.entity} is not mapped")
+        return await self._apply(event, mapping, self._clock(), note=note)
+
     async def _row_attributes(self, event: ChangeEvent, mapping: EntityMapping) -> dict[str, AttrValue] | None:
         if event.kind is ChangeKind.DELETE:
             return dict(event.attributes)  # the pre-image, if one was registered: the row itself is gone
@@ -135,7 +153,7 @@ class PushService:
         row = await self._dataverse.get_row(event.entity, event.record_id, columns)
         return dict(row.attributes) if row is not None else None
 
-    async def _apply(self, event: ChangeEvent, mapping: EntityMapping, now: datetime) -> PushOutcome:
+    async def _apply(self, event: ChangeEvent, mapping: EntityMapping, now: datetime, *, note: str = "") -> PushOutcome:
         attrs = await self._row_attributes(event, mapping)
         link = await self._state.get_link(event.entity, event.record_id)
         external_id = link.external_id if link is not None else event.record_id
@@ -182,6 +200,8 @@ class PushService:
             mapping,
             self._options,
         )
+        if note:
+            plan = _noted(plan, note)
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
         await self._execute(plan, event, now, status_columns=writable)
@@ -252,23 +272,23 @@ class PushService:
             "push outcome",
             extra={"entity": event.entity, "record_id": event.record_id, "reason": reason.value, "action": action},
         )
-        if status_columns:
-            await self.write_status_columns(event, reason, detail)
+        if status_columns and event.kind is not ChangeKind.DELETE:
+            await self.write_status_columns(event.entity, event.record_id, reason, detail)
 
-    async def write_status_columns(self, event: ChangeEvent, reason: ReasonCode, detail: str) -> None:
+    async def write_status_columns(self, entity: EntityName, record_id: str, reason: ReasonCode, detail: str) -> None:
         """Best effort: the status columns are information, a failure there must not fail the sync."""
         cols = self._status_columns
-        if cols.reason is None or event.kind is ChangeKind.DELETE:
+        if cols.reason is None:
             return
         changes: dict[str, AttrValue] = {cols.reason: reason.value}
         if cols.detail is not None:
             changes[cols.detail] = detail[:2000]
         try:
-            await self._dataverse.update_row(event.entity, event.record_id, changes)
+            await self._dataverse.update_row(entity, record_id, changes)
         except SyncError as exc:
             log.warning(
                 "status column not written",
-                extra={"entity": event.entity, "record_id": event.record_id, "error": type(exc).__name__},
+                extra={"entity": entity, "record_id": record_id, "error": type(exc).__name__},
             )
 
     async def _record_failure(self, event: ChangeEvent, reason: ReasonCode, exc: SyncError, now: datetime) -> None:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sync_core.ports import StateStore
+from sync_core.reasons import ReasonCode
 from sync_core.records import EntityName
-from sync_core.state_model import DeadLetter
+from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def current_outcome(link: LinkState | None, history: Sequence[StatusEntry]) -> tuple[ReasonCode | None, str]:
+    """The record's latest outcome: the newest history entry (every outcome appends one), else the link's.
+
+    The one place that decides what a record's Spotler status is, so the route and the CLI cannot disagree
+    with the history they show.
+    """
+    if history:
+        newest = max(history, key=lambda h: h.at)
+        return newest.reason, newest.detail
+    if link is not None:
+        return link.reason, link.detail
+    return None, ""
 
 
 async def record_status_view(state: StateStore, entity: EntityName, record_id: str) -> dict[str, Any] | None:
@@ -19,16 +35,16 @@ async def record_status_view(state: StateStore, entity: EntityName, record_id: s
     history = await state.list_status(entity, record_id, limit=10)
     if link is None and not history:
         return None
-    latest = history[0] if history else None
-    reason = link.reason if link is not None and link.reason is not None else (latest.reason if latest else None)
+    reason, detail = current_outcome(link, history)
+    latest = max(history, key=lambda h: h.at) if history else None
     return {
         "entity": entity,
         "id": record_id,
         "reason": reason.value if reason else None,
-        "detail": (link.detail if link is not None and link.reason is not None else (latest.detail if latest else "")),
+        "detail": detail,
         "spotlerExternalId": link.external_id if link is not None else None,
         "anonymized": link.anonymized if link is not None else False,
-        "lastAttempt": _iso(link.last_attempt if link is not None else (latest.at if latest else None)),
+        "lastAttempt": _iso(latest.at if latest is not None else (link.last_attempt if link is not None else None)),
         "failures": link.failures if link is not None else 0,
         "nextRetry": _iso(link.next_retry) if link is not None else None,
         "history": [
