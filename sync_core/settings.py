@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -214,6 +214,18 @@ class Settings(BaseSettings):
         description="Automatic replays of a dead letter by the pull run before it waits for an operator "
         "(the delay doubles from 1 minute up to 6 hours: 12 replays span about a day).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_unset(cls, data: Any) -> Any:
+        """A setting given as an empty string (or only spaces) is not set: its default applies, or it is missing.
+
+        Function App settings and local.settings.json cannot leave a key out of a template, so "" is how an
+        unset optional setting arrives there.
+        """
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
+        return data
 
     @field_validator("spotler_base_url", "dataverse_url")
     @classmethod

@@ -84,3 +84,17 @@ def test_no_module_outside_settings_reads_the_environment() -> None:
         if re.search(r"os\.environ|os\.getenv|getenv\(|from os import environ", text):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_blank_optional_settings_are_unset() -> None:
+    settings = load_settings(
+        {**VALID, "MAPPING_FILE": "", "DATAVERSE_STATUS_COLUMN": "   ", "DATAVERSE_APP_USER_ID": ""}
+    )
+    assert settings.mapping_file is None
+    assert settings.dataverse_status_column is None
+    assert settings.dataverse_app_user_id is None
+
+
+def test_a_blank_required_setting_is_missing() -> None:
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        load_settings({**VALID, "WEBHOOK_SECRET": " "})
