@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.e2e.conftest import Connector
+
+# A mapping with two-way name and e-mail fields (and phone ⬅), shipped as an example for Spotler profile forms.
+PROFILE_FORM_MAPPING = str(Path(__file__).resolve().parents[2] / "docs" / "examples" / "profile-update-form.json")
 
 
 async def api(connector: Connector, method: str, path: str) -> httpx.Response:

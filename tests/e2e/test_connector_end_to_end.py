@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import WEBHOOK_KEY, Connector, ConnectorFactory
-from tests.e2e.support import reason
+from tests.e2e.support import PROFILE_FORM_MAPPING, reason
 
 JAN = {"firstname": "Jan", "lastname": "Dijk", "emailaddress1": "jan.dijk@example.nl", "jobtitle": "Buyer"}
 
@@ -32,29 +32,60 @@ async def table_rows(connector: Connector) -> dict[str, int]:
 
 
 async def test_profile_edit_reaches_dynamics_for_two_way_fields_only_and_echo_writes_nothing(
+    connector_factory: ConnectorFactory,
+) -> None:
+    async with connector_factory(MAPPING_FILE=PROFILE_FORM_MAPPING) as connector:
+        dv, sp = connector.dataverse.sandbox, connector.spotler.store
+        record_id = dv.create("contact", JAN)
+        await connector.deliver()
+        sp.profile_edit(
+            record_id,
+            properties={"firstName": "Janneke", "jobTitle": "Chef", "phoneNumber": "+31 30 123 4567"},
+            permissions={1: False},
+        )
+        # A pull reads the feed up to (excluding) the moment it starts; let the edit be strictly before that.
+        await asyncio.sleep(0.05)
+        await connector.host.run_timer()
+        row = dv.row("contact", record_id)
+        assert row is not None
+        assert row["firstname"] == "Janneke"  # 🔁
+        assert row["telephone1"] == "+31 30 123 4567"  # ⬅
+        assert row["jobtitle"] == "Buyer"  # ➡ only: Spotler's value does not come back
+        assert row["donotbulkemail"] is True  # the permission flowed back
+        # Our own write-back is recognised: its webhook causes no Spotler write, and a second pull writes nothing.
+        await connector.deliver()
+        sp.reset_call_counts()
+        writes_before = len(dv.writes)
+        await connector.host.run_timer()
+        await connector.deliver()
+        counts = sp.call_counts()
+        assert not any(k.startswith(("POST", "PUT")) for k in counts), counts
+        assert len(dv.writes) == writes_before
+
+
+async def test_default_mapping_sends_profile_fields_to_spotler_only_and_subscriptions_both_ways(
     connector: Connector,
 ) -> None:
     dv, sp = connector.dataverse.sandbox, connector.spotler.store
-    record_id = dv.create("contact", JAN)
+    record_id = dv.create("contact", {**JAN, "birthdate": "1980-04-02"})
     await connector.deliver()
-    sp.profile_edit(record_id, properties={"firstName": "Janneke", "jobTitle": "Chef"}, permissions={1: False})
-    # A pull reads the feed up to (excluding) the moment it starts; let the edit be strictly before that.
+    sp.profile_edit(
+        record_id,
+        properties={"firstName": "Janneke", "lastName": "Dijkstra", "birthday": "1981-05-03", "jobTitle": "Chef"},
+        permissions={1: False},
+    )
     await asyncio.sleep(0.05)
     await connector.host.run_timer()
     row = dv.row("contact", record_id)
     assert row is not None
-    assert row["firstname"] == "Janneke"  # 🔁
-    assert row["jobtitle"] == "Buyer"  # ➡ only: Spotler's value does not come back
-    assert row["donotbulkemail"] is True  # the permission flowed back
-    # Our own write-back is recognised: its webhook causes no Spotler write, and a second pull writes nothing.
-    await connector.deliver()
-    sp.reset_call_counts()
-    writes_before = len(dv.writes)
-    await connector.host.run_timer()
-    await connector.deliver()
-    counts = sp.call_counts()
-    assert not any(k.startswith(("POST", "PUT")) for k in counts), counts
-    assert len(dv.writes) == writes_before
+    # ➡ fields: Spotler's edits never come back to Dynamics.
+    assert (row["firstname"], row["lastname"], row["birthdate"], row["jobtitle"]) == (
+        "Jan",
+        "Dijk",
+        "1980-04-02",
+        "Buyer",
+    )
+    assert row["donotbulkemail"] is True  # 🔁 permissions: the unsubscribe flows back
 
 
 async def test_duplicate_delivery_leaves_one_contact_and_one_write(connector: Connector) -> None:
@@ -121,7 +152,9 @@ async def test_delete_of_an_unlinked_record_tombstones_the_address_from_its_pre_
 
 async def test_status_columns_show_each_records_spotler_status_in_dynamics(connector_factory: ConnectorFactory) -> None:
     async with connector_factory(
-        DATAVERSE_STATUS_COLUMN="sync_spotlerstatus", DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail"
+        DATAVERSE_STATUS_COLUMN="sync_spotlerstatus",
+        DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail",
+        MAPPING_FILE=PROFILE_FORM_MAPPING,
     ) as connector:
         dv = connector.dataverse.sandbox
         synced = dv.create("contact", JAN)

@@ -14,7 +14,7 @@ from sync_core.services.pull import WATERMARK_NAME
 from sync_core.services.runtime import get_runtime
 from sync_core.spotler.errors import SpotlerTransientError
 from tests.e2e.conftest import Connector, ConnectorFactory
-from tests.e2e.support import api, reason, spotler_writes
+from tests.e2e.support import PROFILE_FORM_MAPPING, api, reason, spotler_writes
 
 
 def person(n: int) -> dict[str, Any]:
@@ -121,7 +121,7 @@ async def test_deliveries_out_of_order_leave_the_newest_state_and_one_contact(co
 async def test_pull_cut_off_after_page_two_of_five_resumes_and_applies_each_change_once(
     connector_factory: ConnectorFactory,
 ) -> None:
-    async with connector_factory(PULL_PAGE_SIZE="2") as connector:
+    async with connector_factory(PULL_PAGE_SIZE="2", MAPPING_FILE=PROFILE_FORM_MAPPING) as connector:
         dv, sp = connector.dataverse.sandbox, connector.spotler.store
         ids = [dv.create("contact", person(n)) for n in range(10)]
         await connector.deliver()
@@ -197,7 +197,12 @@ async def test_the_pull_run_replays_dead_letters_once_they_are_due(connector: Co
     assert remaining == [later_id]
 
 
-async def test_two_pull_runs_at_once_read_and_write_once(connector: Connector) -> None:
+async def test_two_pull_runs_at_once_read_and_write_once(connector_factory: ConnectorFactory) -> None:
+    async with connector_factory(MAPPING_FILE=PROFILE_FORM_MAPPING) as connector:
+        await two_pull_runs_at_once(connector)
+
+
+async def two_pull_runs_at_once(connector: Connector) -> None:
     dv, sp = connector.dataverse.sandbox, connector.spotler.store
     ids = [dv.create("contact", person(n)) for n in range(3)]
     await connector.deliver()

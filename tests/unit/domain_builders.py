@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync_core.consent import email_hash
-from sync_core.mapping import EntityMapping, default_mapping
+from sync_core.mapping import EntityMapping, MappingConfig, default_mapping_text, parse_mapping
 from sync_core.plan import PushAction, PushInput, PushOptions, plan_push
 from sync_core.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
 from sync_core.state_model import LinkState
 
 KEY = b"unit-test-hash-key-0123456789abc"
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-MAPPING = default_mapping()
+TWO_WAY_NAME_FIELDS = frozenset({"firstname", "lastname", "birthdate"})
+
+
+def two_way_names_mapping() -> MappingConfig:
+    """The shipped default mapping with name and birthdate two-way (🔁), so the rules of both directions show."""
+    data = json.loads(default_mapping_text())
+    for entity in data["entities"].values():
+        for field in entity["fields"]:
+            if field["dataverse"] in TWO_WAY_NAME_FIELDS:
+                field["direction"] = "both"
+    return parse_mapping(data)
+
+
+MAPPING = two_way_names_mapping()
 
 
 def entity_mapping(entity: EntityName = "contact") -> EntityMapping:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sync_core.dataverse.client import ROW_NOT_FOUND_CODE
 from sync_core.dataverse.errors import DataverseConflict, DataverseNotFound
-from sync_core.mapping import MappingConfig, default_mapping
+from sync_core.mapping import MappingConfig
 from sync_core.ports import DataverseGateway, SpotlerGateway
 from sync_core.records import (
     PERMISSIONS_PROPERTY,
@@ -47,7 +47,7 @@ from sync_core.services.push import PushService, StatusColumns
 from sync_core.spotler.errors import SpotlerContactExists, SpotlerContactOptedOut, SpotlerError, SpotlerNotFound
 from sync_core.state import InMemoryStateStore
 from sync_core.state_model import LinkState, Watermark
-from tests.unit.domain_builders import T0, options, person
+from tests.unit.domain_builders import T0, options, person, two_way_names_mapping
 
 MAX_FEED_PAGE = 10_000
 """Spotler's largest `pageSize`."""
@@ -304,7 +304,7 @@ class FakeSpotler:
 
     def _render(self, stored: SpotlerContact) -> SpotlerContact:
         out = stored.external_id in self._opted_out
-        channels = {"EMAIL": bool(stored.email) and not out} if stored.email or out else {}
+        channels = {"EMAIL": bool(stored.email) and not out}
         return dataclasses.replace(stored, channels=channels)
 
 
@@ -525,7 +525,7 @@ class YieldingStateStore(InMemoryStateStore):
 
 # ---------------------------------------------------------------------------------------------- wiring
 
-MAPPING: MappingConfig = default_mapping()
+MAPPING: MappingConfig = two_way_names_mapping()
 APP_USER = "5a6b7c8d-0000-4000-8000-00000000a99e"
 
 
