@@ -480,9 +480,9 @@ class SpotlerStore:
             else:
                 properties[name] = value
         email = properties.get("email")
-        channels = []
-        if email or stored.opted_out:
-            channels.append({"name": "EMAIL", "value": bool(email) and not stored.opted_out})
+        # The e-mail channel is on only when the contact has an address and has not opted out (an anonymized
+        # contact has no address, so its channel reads off without the person having opted out).
+        channels = [{"name": "EMAIL", "value": bool(email) and not stored.opted_out}]
         return {
             "externalId": stored.external_id,
             "encryptedId": stored.encrypted_id,
