@@ -16,6 +16,7 @@ from rich.table import Table
 
 from sandboxes.functions_host import LocalFunctionsHost
 from sandboxes.stack import sandbox_stack
+from sync_core.reasons import reason_from_option
 from sync_core.services.runtime import get_runtime
 from sync_core.services.status import record_status_view
 
@@ -31,7 +32,7 @@ def _masked(email: object) -> str:
 
 def _column_note(row: dict[str, object], reason: str) -> str:
     """Say so when the record's status column in Dynamics differs from the connector's status."""
-    column = row.get("sync_spotlerstatus")
+    column = reason_from_option(row.get("sync_spotlerstatus"))
     return "" if column == reason else f" (inactive, read-only row keeps: {column})"
 
 
@@ -142,7 +143,7 @@ async def story(connection_string: str) -> int:
                 # The status the connector keeps and the one a CRM user sees on the record must be the same
                 # (Dataverse keeps inactive rows read-only: theirs shows the last status while active).
                 if row.get("statecode", 0) == 0:
-                    agree = agree and row.get("sync_spotlerstatus") == reason
+                    agree = agree and reason_from_option(row.get("sync_spotlerstatus")) == reason
                 table.add_row(
                     f"{entity} {record_id[:8]}",
                     dv_name or "-",

@@ -35,6 +35,7 @@ class PullPlan:
     suppress: Suppression | None = None
     conflicts: tuple[str, ...] = ()
     skipped: bool = False
+    status_changed: bool = False  # the record's reason code differs from what its link said
 
 
 @dataclass(slots=True)
@@ -114,7 +115,12 @@ def plan_pull(
     new_base = dict(link.base)
     new_base.update(acc.base)
     real_conflicts = tuple(c for c in acc.conflicts if ":" not in c)
-    if real_conflicts:
+    if contact.opted_out:
+        # The person's own opt-out in Spotler is the reason this record is not mailed, whatever else moved.
+        reason, detail = ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler"
+        if acc.changes:
+            detail += "; Dynamics updated: " + ", ".join(sorted(acc.changes))
+    elif real_conflicts:
         reason, detail = ReasonCode.CONFLICT_RESOLVED, "both sides changed " + ", ".join(real_conflicts)
     elif acc.changes:
         reason, detail = ReasonCode.UPDATED, "updated in Dynamics from Spotler: " + ", ".join(sorted(acc.changes))
@@ -144,6 +150,7 @@ def plan_pull(
         spotler_fix=fix,
         suppress=tomb,
         conflicts=tuple(acc.conflicts),
+        status_changed=reason != link.reason,
     )
 
 

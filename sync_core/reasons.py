@@ -69,3 +69,11 @@ REASON_OPTION_VALUES: dict[ReasonCode, int] = {
     ReasonCode.CONFIGURATION_ERROR: 910_000_012,
     ReasonCode.PAUSED_BY_GUARD: 910_000_013,
 }
+
+
+def reason_from_option(value: object) -> ReasonCode | None:
+    """The reason code a status choice column's option value stands for (None for anything else)."""
+    for code, option in REASON_OPTION_VALUES.items():
+        if option == value:
+            return code
+    return None

@@ -127,6 +127,17 @@ class Settings(BaseSettings):
         validation_alias="DATAVERSE_STATUS_DETAIL_COLUMN",
         description="Column that receives the status detail text (unset: not written).",
     )
+    dataverse_status_column_type: Literal["choice", "text"] = Field(
+        default="choice",
+        validation_alias="DATAVERSE_STATUS_COLUMN_TYPE",
+        description="How the status column holds the reason: `choice` (option values, as `dataverse setup` creates "
+        "it) or `text` (the reason code itself).",
+    )
+    dataverse_status_synced_on_column: str | None = Field(
+        default=None,
+        validation_alias="DATAVERSE_STATUS_SYNCED_ON_COLUMN",
+        description="Date-time column that receives when the record was last in sync (unset: not written).",
+    )
     dataverse_timeout_seconds: float = Field(
         default=30.0, gt=0, validation_alias="DATAVERSE_TIMEOUT_SECONDS", description="Timeout of one call."
     )

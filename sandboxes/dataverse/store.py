@@ -54,8 +54,9 @@ PLATFORM_COLUMNS = ("modifiedon", "modifiedby", "modifiedonbehalfby")
 DEFAULTS: dict[str, Any] = {"donotemail": False, "donotbulkemail": False}
 DEFAULT_CUSTOM_COLUMNS: dict[str, dict[str, str]] = {
     entity: {
-        "sync_spotlerstatus": "string",
+        "sync_spotlerstatus": "choice",
         "sync_spotlerstatusdetail": "string",
+        "sync_spotlerlastsynced": "datetime",
         "sync_newsletter": "bool",
         "sync_interests": "multichoice",
     }

@@ -290,9 +290,9 @@ class PullService:
     async def _write_page(self, plans: list[PullPlan], report: PullReport) -> None:
         now = self._clock()
         updates = [
-            RowUpdate(p.link.entity, p.link.record_id, {**p.changes, **self._status_values(p)}, etag=p.etag)
+            RowUpdate(p.link.entity, p.link.record_id, values, etag=p.etag)
             for p in plans
-            if p.changes
+            if (values := {**p.changes, **self._status_values(p)}) and (p.changes or p.status_changed)
         ]
         results = {(r.entity, r.record_id): r for r in await self._dataverse.update_rows(updates)} if updates else {}
         for plan in plans:
@@ -325,7 +325,7 @@ class PullService:
                 report.rows_updated += 1
             if plan.conflicts:
                 report.conflicts += 1
-            if plan.changes or plan.spotler_fix or plan.conflicts:
+            if plan.changes or plan.spotler_fix or plan.conflicts or plan.status_changed:
                 await self._status(link.entity, link.record_id, plan.reason, plan.detail, now, link.external_id)
             report.reasons[plan.reason.value] = report.reasons.get(plan.reason.value, 0) + 1
 
@@ -349,13 +349,7 @@ class PullService:
 
     def _status_values(self, plan: PullPlan) -> dict[str, AttrValue]:
         """The status columns, written in the same request as the pulled values (nothing extra is sent)."""
-        cols = self._status_columns
-        values: dict[str, AttrValue] = {}
-        if cols.reason is not None:
-            values[cols.reason] = plan.reason.value
-            if cols.detail is not None:
-                values[cols.detail] = plan.detail[:2000]
-        return values
+        return self._status_columns.values(plan.reason, plan.detail, self._clock())
 
     async def _status(
         self,

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sync_core.consent import email_hash, normalize_email
 from sync_core.errors import NotFoundError, SyncError
@@ -41,10 +41,28 @@ class PushOutcome:
 
 @dataclass(frozen=True, slots=True)
 class StatusColumns:
-    """Dataverse columns that receive the Spotler status (None: not written)."""
+    """Dataverse columns that receive the Spotler status (None: not written).
+
+    `reason` is a choice column holding `ReasonCode.option_value` (as `dataverse setup` creates it) or, with
+    `reason_as_text`, a text column holding the code itself. `synced_on` receives the time of the last outcome
+    that left the record in sync; other outcomes leave it as it was.
+    """
 
     reason: str | None = None
     detail: str | None = None
+    synced_on: str | None = None
+    reason_as_text: bool = False
+
+    def values(self, reason: ReasonCode, detail: str, now: datetime) -> dict[str, AttrValue]:
+        """The column values that say `reason` (empty when no status column is configured)."""
+        if self.reason is None:
+            return {}
+        values: dict[str, AttrValue] = {self.reason: reason.value if self.reason_as_text else reason.option_value}
+        if self.detail is not None:
+            values[self.detail] = detail[:2000]
+        if self.synced_on is not None and reason.is_synced:
+            values[self.synced_on] = now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return values
 
 
 NO_STATUS_COLUMNS = StatusColumns()
@@ -277,12 +295,9 @@ class PushService:
 
     async def write_status_columns(self, entity: EntityName, record_id: str, reason: ReasonCode, detail: str) -> None:
         """Best effort: the status columns are information, a failure there must not fail the sync."""
-        cols = self._status_columns
-        if cols.reason is None:
+        changes = self._status_columns.values(reason, detail, self._clock())
+        if not changes:
             return
-        changes: dict[str, AttrValue] = {cols.reason: reason.value}
-        if cols.detail is not None:
-            changes[cols.detail] = detail[:2000]
         try:
             await self._dataverse.update_row(entity, record_id, changes)
         except SyncError as exc:

@@ -69,6 +69,15 @@ def push_options(settings: Settings) -> PushOptions:
     )
 
 
+def status_columns(settings: Settings) -> StatusColumns:
+    return StatusColumns(
+        reason=settings.dataverse_status_column,
+        detail=settings.dataverse_status_detail_column,
+        synced_on=settings.dataverse_status_synced_on_column,
+        reason_as_text=settings.dataverse_status_column_type == "text",
+    )
+
+
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Runtime:
     """Wire real adapters: Table Storage + queue, the Spotler client and the Dataverse client."""
     mapping = load_mapping(settings)
@@ -115,7 +124,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         options=options,
         clock=clock,
         app_user_id=settings.dataverse_app_user_id,
-        status_columns=StatusColumns(settings.dataverse_status_column, settings.dataverse_status_detail_column),
+        status_columns=status_columns(settings),
     )
     pull = PullService(
         state=state,
@@ -132,7 +141,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         ),
         clock=clock,
         push=push,
-        status_columns=StatusColumns(settings.dataverse_status_column, settings.dataverse_status_detail_column),
+        status_columns=status_columns(settings),
         leases=push.leases,
     )
     intake = WebhookIntake(

@@ -6,10 +6,12 @@ Per-table record lifecycles are in test_record_lifecycle.py, failures and races 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
 
+from sync_core.reasons import reason_from_option
 from tests.e2e.conftest import WEBHOOK_KEY, Connector, ConnectorFactory
 from tests.e2e.support import PROFILE_FORM_MAPPING, reason
 
@@ -150,20 +152,30 @@ async def test_delete_of_an_unlinked_record_tombstones_the_address_from_its_pre_
     assert await reason(connector, "contact", record_id) == "anonymized"
 
 
+def column_reason(row: dict[str, Any] | None) -> str | None:
+    """The reason code a row's Spotler status choice column shows."""
+    assert row is not None
+    code = reason_from_option(row.get("sync_spotlerstatus"))
+    return code.value if code is not None else None
+
+
 async def test_status_columns_show_each_records_spotler_status_in_dynamics(connector_factory: ConnectorFactory) -> None:
     async with connector_factory(
         DATAVERSE_STATUS_COLUMN="sync_spotlerstatus",
         DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail",
+        DATAVERSE_STATUS_SYNCED_ON_COLUMN="sync_spotlerlastsynced",
         MAPPING_FILE=PROFILE_FORM_MAPPING,
     ) as connector:
         dv = connector.dataverse.sandbox
         synced = dv.create("contact", JAN)
         no_email = dv.create("contact", {"firstname": "Piet", "lastname": "Zonder", "emailaddress1": "piet@"})
         await connector.deliver()
-        assert dv.row("contact", synced)["sync_spotlerstatus"] == "created"
+        assert column_reason(dv.row("contact", synced)) == "created"
+        assert dv.row("contact", synced)["sync_spotlerlastsynced"]
         row = dv.row("contact", no_email)
-        assert row["sync_spotlerstatus"] == "no_valid_email"
+        assert column_reason(row) == "no_valid_email"
         assert row["sync_spotlerstatusdetail"]
+        assert row.get("sync_spotlerlastsynced") is None  # never in sync
         assert "piet@" not in row["sync_spotlerstatusdetail"]
         assert connector.spotler.store.contact(no_email) is None
         # A pulled change carries its status in the same request as the pulled value.
@@ -172,18 +184,43 @@ async def test_status_columns_show_each_records_spotler_status_in_dynamics(conne
         writes_before = len(dv.writes)
         await connector.host.run_timer()
         assert [(w.record_id, set(w.changed)) for w in dv.writes[writes_before:]] == [
-            (synced, {"firstname", "sync_spotlerstatus", "sync_spotlerstatusdetail"})
+            (synced, {"firstname", "sync_spotlerstatus", "sync_spotlerstatusdetail", "sync_spotlerlastsynced"})
         ]
         pulled = dv.row("contact", synced)
-        assert (pulled["firstname"], pulled["sync_spotlerstatus"]) == ("Johannes", "updated")
+        assert (pulled["firstname"], column_reason(pulled)) == ("Johannes", "updated")
         assert "firstname" in pulled["sync_spotlerstatusdetail"]
         await connector.deliver()  # the write-back's own webhook
         # The status write is the connector's own: it sends no webhook back to it (the column is not watched).
         before = len(dv.deliveries())
         dv.edit("contact", synced, {"donotemail": True})
         await connector.deliver()
-        assert dv.row("contact", synced)["sync_spotlerstatus"] == "anonymized"
+        assert column_reason(dv.row("contact", synced)) == "anonymized"
         assert len(dv.deliveries()) == before + 1
+
+
+async def test_a_pulled_global_opt_out_shows_as_opted_out_on_the_route_and_the_column(
+    connector_factory: ConnectorFactory,
+) -> None:
+    async with connector_factory(
+        DATAVERSE_STATUS_COLUMN="sync_spotlerstatus", DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail"
+    ) as connector:
+        dv, sp = connector.dataverse.sandbox, connector.spotler.store
+        record_id = dv.create("contact", JAN)
+        await connector.deliver()
+        sp.profile_edit(record_id, opt_out=True)  # the person unsubscribes from everything in Spotler
+        await asyncio.sleep(0.05)
+        await connector.host.run_timer()
+        await connector.deliver()
+        row = dv.row("contact", record_id)
+        assert row is not None
+        assert row["donotbulkemail"] is True
+        assert await reason(connector, "contact", record_id) == "opted_out_in_spotler"
+        assert column_reason(row) == "opted_out_in_spotler"
+        # A later save in Dynamics writes nothing to the opted-out contact and keeps the status.
+        dv.edit("contact", record_id, {"jobtitle": "Koper"})
+        await connector.deliver()
+        assert await reason(connector, "contact", record_id) == "opted_out_in_spotler"
+        assert column_reason(dv.row("contact", record_id)) == "opted_out_in_spotler"
 
 
 async def test_webhook_answers_503_and_keeps_nothing_when_the_queue_cannot_store_the_event(

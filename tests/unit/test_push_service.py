@@ -18,7 +18,7 @@ from tests.unit.domain_builders import T0, hashed
 from tests.unit.service_fakes import APP_USER, World, YieldingStateStore, change
 
 ID = "3f2a1c4e-0000-4000-8000-000000000001"
-STATUS = StatusColumns("sync_spotlerstatus", "sync_spotlerstatusdetail")
+STATUS = StatusColumns("sync_spotlerstatus", "sync_spotlerstatusdetail", "sync_spotlerlastsynced")
 WRITES = ("insert_contact", "insert_contacts", "update_contact", "anonymize_contact")
 
 
@@ -358,14 +358,28 @@ async def test_status_columns_receive_the_reason_and_detail() -> None:
     written = [(w.method, w.changes) for w in world.dataverse.writes_to(ID)]
     assert written[0] == (
         "update_row",
-        {"sync_spotlerstatus": "created", "sync_spotlerstatusdetail": "created in Spotler"},
+        {
+            "sync_spotlerstatus": ReasonCode.CREATED.option_value,
+            "sync_spotlerstatusdetail": "created in Spotler",
+            "sync_spotlerlastsynced": T0.isoformat().replace("+00:00", "Z"),
+        },
     )
-    assert written[1][1]["sync_spotlerstatus"] == "transient_error"
+    # An error is not "in sync": the last-synced column keeps the time of the last outcome that was.
+    assert written[1][1]["sync_spotlerstatus"] == ReasonCode.TRANSIENT_ERROR.option_value
+    assert "sync_spotlerlastsynced" not in written[1][1]
     assert str(written[1][1]["sync_spotlerstatusdetail"]).startswith("SpotlerTransientError: HTTP 503 (attempt 1")
     assert len(written) == 2
     row = world.dataverse.row("contact", ID)
     assert row is not None
-    assert row.attributes["sync_spotlerstatus"] == "transient_error"
+    assert row.attributes["sync_spotlerstatus"] == ReasonCode.TRANSIENT_ERROR.option_value
+
+
+async def test_a_text_status_column_receives_the_reason_code_itself() -> None:
+    world = World()
+    push = world.push(status_columns=StatusColumns("sync_spotlerstatus", reason_as_text=True))
+    world.dataverse.put_row("contact", ID, {"firstname": "Ada"})
+    await push.handle(change(ID), owner="msg-1")
+    assert [w.changes for w in world.dataverse.writes_to(ID)] == [{"sync_spotlerstatus": "created"}]
 
 
 @pytest.mark.parametrize(
