@@ -92,8 +92,8 @@ def plan_pull(
             continue  # Spotler has no news for this field (an echo of our own write, or already equal).
         if old is None and _holds_nothing(f, sp_value):
             continue  # Never agreed and Spotler holds nothing (a contact we created without it): no news.
-        if is_blank(sp_value) and not f.is_set and not _clears(f.blank, options):
-            continue  # Spotler blanked it and the policy keeps Dynamics' value.
+        if is_blank(sp_value) and not f.is_set and f.blank != "clear":
+            continue  # Spotler blanked it; only the field's own `blank: clear` lets that clear Dynamics.
         dynamics_changed = old is not None and dv_h != old
         if f.direction is Direction.BOTH and dynamics_changed:
             acc.conflicts.append(f.spotler)
@@ -160,10 +160,6 @@ def _holds_nothing(f: FieldMapping, sp_value: PropValue) -> bool:
         mapped = [f.bit] if f.type == "boolean" else list((f.bits or {}).values())
         return not isinstance(sp_value, dict) or not any(bit in sp_value for bit in mapped)
     return is_blank(sp_value)
-
-
-def _clears(blank: str | None, options: PushOptions) -> bool:
-    return blank == "clear" if blank is not None else options.purge_when_not_set
 
 
 def _permissions(

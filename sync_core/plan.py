@@ -95,6 +95,7 @@ class PushPlan:
     relink_to: str | None = None
     conflicts: tuple[str, ...] = ()
     record_status: bool = True
+    purge: bool = False  # send with Spotler's purge flag: properties the contact does not carry are cleared
 
 
 @dataclass(slots=True)
@@ -255,6 +256,37 @@ def _desired(
     return out
 
 
+def _purge_body(
+    mapping: EntityMapping, current: SpotlerContact | None, desired: _Desired
+) -> tuple[dict[str, PropValue], dict[int, bool]]:
+    """The whole contact for an update sent with `purge`: Spotler then holds exactly this.
+
+    Every mapped property is carried: what Dynamics sends (a blank that clears is left out, so the purge clears
+    it), and for every other mapped property Spotler's current value, so that the purge never erases what
+    Spotler owns (⬅ fields, 🔁 fields Spotler changed, a blank the field's policy keeps). Set properties and
+    permissions carry every bit: the ones Dynamics sets overlaid on Spotler's current bits.
+    """
+    have: Mapping[str, PropValue] = current.properties if current is not None else {}
+    body: dict[str, PropValue] = {}
+    for f in mapping.fields:
+        if f.spotler in body:
+            continue
+        current_value = have.get(f.spotler)
+        if f.spotler in desired.properties:
+            wanted = desired.properties[f.spotler]
+            if isinstance(wanted, dict):
+                base = dict(current_value) if isinstance(current_value, dict) else {}
+                base.update(wanted)
+                body[f.spotler] = base
+            elif wanted is not None:
+                body[f.spotler] = wanted
+        elif not is_blank(current_value):
+            body[f.spotler] = dict(current_value) if isinstance(current_value, dict) else current_value
+    permissions = dict(current.permissions) if current is not None else {}
+    permissions.update(desired.permissions)
+    return body, permissions
+
+
 def _clears(f: FieldMapping, options: PushOptions) -> bool:
     return f.blank == "clear" if f.blank is not None else options.purge_when_not_set
 
@@ -410,8 +442,13 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         reason = ReasonCode.CONFLICT_RESOLVED
         detail = "both sides changed " + ", ".join(c for c in desired.conflicts if ":" not in c)
 
+    purge = action is PushAction.UPDATE and options.purge_when_not_set
+    if purge:
+        properties, permissions = _purge_body(mapping, current, desired)
+    else:
+        properties, permissions = desired.properties, desired.permissions
     contact = (
-        SpotlerContact(external_id=external_id, properties=desired.properties, permissions=desired.permissions)
+        SpotlerContact(external_id=external_id, properties=properties, permissions=permissions)
         if action in (PushAction.CREATE, PushAction.UPDATE)
         else None
     )
@@ -435,4 +472,5 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         link=new_link,
         lift_suppression=lift,
         conflicts=tuple(desired.conflicts),
+        purge=purge,
     )

@@ -232,9 +232,9 @@ class PushService:
             await self._spotler.insert_contact(plan.contact, update=True, purge=False)
         elif plan.action is PushAction.UPDATE and plan.contact is not None:
             try:
-                await self._spotler.update_contact(plan.contact, purge=False)
+                await self._spotler.update_contact(plan.contact, purge=plan.purge)
             except NotFoundError:
-                await self._spotler.insert_contact(plan.contact, update=True, purge=False)
+                await self._spotler.insert_contact(plan.contact, update=True, purge=plan.purge)
         elif plan.action is PushAction.ANONYMIZE and plan.external_id is not None:
             try:
                 await self._spotler.anonymize_contact(plan.external_id)

@@ -204,6 +204,23 @@ async def test_update_changes_only_the_sent_properties(target: Target) -> None:
     assert found.properties["lastName"] == "Dijk"
 
 
+async def test_update_with_purge_leaves_exactly_what_was_sent(target: Target) -> None:
+    external_id, email = target.new_id(), target.new_email()
+    await target.client.insert_contact(
+        SpotlerContact(external_id, {"email": email, "firstName": "Jan", "city": "Delft"}, permissions={1: True}),
+        update=False,
+        purge=False,
+    )
+    await target.client.update_contact(
+        SpotlerContact(external_id, {"email": email, "lastName": "Dijk"}, permissions={1: True}), purge=True
+    )
+    found = await target.client.get_contact(external_id)
+
+    assert found is not None
+    assert {k: v for k, v in found.properties.items() if k != "permissions"} == {"email": email, "lastName": "Dijk"}
+    assert found.permissions.get(1) is True
+
+
 async def test_update_of_unknown_contact_raises_not_found(target: Target) -> None:
     missing = SpotlerContact(f"sync-contract-missing-{uuid.uuid4().hex}", {"firstName": "X"})
 

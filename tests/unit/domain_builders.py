@@ -90,9 +90,12 @@ def push_input(
     )
 
 
-def apply_write(current: SpotlerContact | None, write: SpotlerContact, when: datetime) -> SpotlerContact:
-    """Spotler's insert/update with purge=false: given properties replace, set bits merge, others stay."""
-    props: dict[str, PropValue] = dict(current.properties) if current is not None else {}
+def apply_write(
+    current: SpotlerContact | None, write: SpotlerContact, when: datetime, *, purge: bool = False
+) -> SpotlerContact:
+    """Spotler's insert/update: given properties replace, set bits merge, others stay (all go with `purge`)."""
+    kept = current if current is not None and not purge else None
+    props: dict[str, PropValue] = dict(kept.properties) if kept is not None else {}
     for name, value in write.properties.items():
         if isinstance(value, dict):
             old = props.get(name)
@@ -103,7 +106,7 @@ def apply_write(current: SpotlerContact | None, write: SpotlerContact, when: dat
             props.pop(name, None)
         else:
             props[name] = value
-    perms = dict(current.permissions) if current is not None else {}
+    perms = dict(kept.permissions) if kept is not None else {}
     perms.update(write.permissions)
     base = current or SpotlerContact(external_id=write.external_id, created=when, channels={"EMAIL": True})
     return dataclasses.replace(base, properties=props, permissions=perms, last_changed=when)

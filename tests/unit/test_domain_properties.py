@@ -116,8 +116,12 @@ class Event:
     modified: datetime
 
 
-def spotler_write(current: SpotlerContact | None, write: SpotlerContact, when: datetime) -> SpotlerContact:
-    props: dict[str, PropValue] = dict(current.properties) if current is not None else {}
+def spotler_write(
+    current: SpotlerContact | None, write: SpotlerContact, when: datetime, *, purge: bool = False
+) -> SpotlerContact:
+    """Spotler's write: with `purge` the contact holds only what was sent, else sent values replace and merge."""
+    kept = current if current is not None and not purge else None
+    props: dict[str, PropValue] = dict(kept.properties) if kept is not None else {}
     for name, value in write.properties.items():
         if isinstance(value, dict):
             old = props.get(name)
@@ -126,7 +130,7 @@ def spotler_write(current: SpotlerContact | None, write: SpotlerContact, when: d
             props.pop(name, None)
         else:
             props[name] = value
-    perms = {**(current.permissions if current is not None else {}), **write.permissions}
+    perms = {**(kept.permissions if kept is not None else {}), **write.permissions}
     base = current or SpotlerContact(write.external_id, created=when, channels={"EMAIL": True})
     return dataclasses.replace(base, properties=props, permissions=perms, last_changed=when)
 
@@ -170,7 +174,7 @@ def apply_push(world: World, plan: PushPlan, when: datetime) -> World:
     if plan.action in (PushAction.CREATE, PushAction.UPDATE):
         assert plan.contact is not None
         out.contacts[plan.contact.external_id] = spotler_write(
-            out.contacts.get(plan.contact.external_id), plan.contact, when
+            out.contacts.get(plan.contact.external_id), plan.contact, when, purge=plan.purge
         )
     elif plan.action is PushAction.ANONYMIZE and target is not None and target in out.contacts:
         out.contacts[target] = spotler_anonymize(out.contacts[target], when)

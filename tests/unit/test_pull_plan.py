@@ -240,13 +240,26 @@ def test_spotler_blank_keeps_the_dynamics_value_by_default() -> None:
     assert plan.changes == {}
 
 
-def test_spotler_blank_clears_when_purge_setting_on() -> None:
+def test_purge_setting_does_not_let_a_spotler_blank_clear_dynamics() -> None:
     opts = options(purge_when_not_set=True)
     link, contact = state(opts=opts)
     edited = spotler_edit(contact, score=9)
     link = pull(edited, link, ATTRS, opts=opts).link
     plan = pull(spotler_edit(edited, LATER, firstName=None, score=None), link, {**ATTRS, "new_score": 9}, opts=opts)
-    assert plan.changes == {"firstname": None, "new_score": None}
+    assert plan.changes == {}  # PurgeExistingPropertiesWhenNotSet governs Dynamics -> Spotler only
+
+
+def test_spotler_blank_clears_dynamics_where_the_fields_blank_policy_says_clear() -> None:
+    fields = [
+        {**f.model_dump(), "blank": "clear"} if f.dataverse == "new_score" else f.model_dump() for f in MAPPING.fields
+    ]
+    mapping = MAPPING.model_copy(update={"fields": [type(MAPPING.fields[0]).model_validate(f) for f in fields]})
+    link, contact = synced(ATTRS, mapping=mapping)
+    edited = spotler_edit(contact, score=9)
+    link = plan_pull(edited, link, row(ATTRS, SOON), mapping, options(), LATER).link
+    blanked = spotler_edit(edited, LATER, firstName=None, score=None)
+    plan = plan_pull(blanked, link, row({**ATTRS, "new_score": 9}, SOON), mapping, options(), LATER)
+    assert plan.changes == {"new_score": None}  # firstname keeps its value: its policy is the default (keep)
 
 
 def test_unconvertible_spotler_value_is_noted_not_written() -> None:

@@ -540,12 +540,48 @@ def test_blank_keeps_spotler_value_by_default() -> None:
 
 def test_blank_clears_when_purge_setting_on() -> None:
     link, contact = synced(person())
+    contact = dataclasses.replace(contact, properties={**contact.properties, "customerType": "B2B"})
     plan = plan_push(
         push_input(person(jobtitle=None), link=link, spotler=contact), CONTACT, options(purge_when_not_set=True)
     )
     assert plan.action is PushAction.UPDATE
+    assert plan.purge is True
     assert plan.contact is not None
-    assert plan.contact.properties == {"jobTitle": None}
+    # Spotler will hold exactly this: every mapped value, the blank job title left out (the purge clears it),
+    # and the unmapped customerType gone too.
+    expected = {k: v for k, v in contact.properties.items() if k not in ("jobTitle", "customerType")}
+    assert plan.contact.properties == expected
+    assert plan.contact.permissions == {1: True}  # every bit goes along, so the purge never unsubscribes
+
+
+def test_without_purge_only_the_changed_property_is_sent_and_others_stay() -> None:
+    link, contact = synced(person())
+    plan = plan_push(push_input(person(jobtitle="Chief"), link=link, spotler=contact), CONTACT, options())
+    assert plan.purge is False
+    assert plan.contact is not None
+    assert plan.contact.properties == {"jobTitle": "Chief"}
+    assert plan.contact.permissions == {}
+
+
+def test_purge_carries_spotler_owned_values_so_they_are_not_erased() -> None:
+    fields = [f.model_dump() for f in CONTACT.fields]
+    fields.append({"dataverse": "telephone1", "spotler": "phoneNumber", "direction": "to_dynamics"})
+    mapping = mapping_with(fields=fields)
+    link, contact = synced(person(), mapping=mapping)
+    contact = dataclasses.replace(contact, properties={**contact.properties, "phoneNumber": "+31 6 1234 5678"})
+    plan = plan_push(
+        push_input(person(jobtitle="Chief"), link=link, spotler=contact), mapping, options(purge_when_not_set=True)
+    )
+    assert plan.contact is not None
+    assert plan.contact.properties["jobTitle"] == "Chief"
+    assert plan.contact.properties["phoneNumber"] == "+31 6 1234 5678"  # ⬅: Spotler's value is sent back as it is
+
+
+def test_an_unchanged_save_writes_nothing_even_with_purge() -> None:
+    link, contact = synced(person())
+    plan = plan_push(push_input(person(), link=link, spotler=contact), CONTACT, options(purge_when_not_set=True))
+    assert plan.action is PushAction.NONE
+    assert plan.contact is None
 
 
 def test_field_blank_policy_overrides_the_purge_setting() -> None:
@@ -563,7 +599,8 @@ def test_field_blank_policy_overrides_the_purge_setting() -> None:
     assert kept.contact.properties == {"jobTitle": None}
     purged = plan_push(push_input(attrs, link=link, spotler=contact), mapping, options(purge_when_not_set=True))
     assert purged.contact is not None
-    assert purged.contact.properties == {"jobTitle": None}
+    assert "jobTitle" not in purged.contact.properties  # `clear`: left out, so the purge clears it
+    assert purged.contact.properties["city"] == "London"  # `keep`: Spotler's value is carried through the purge
 
 
 def test_create_only_field_not_sent_on_update() -> None:
