@@ -59,6 +59,10 @@ def plan_pull(
     if row is None or link.anonymized:
         why = "record no longer exists" if row is None else "anonymized; Spotler changes are not pulled"
         return PullPlan({}, link.reason or ReasonCode.SYNCED, why, link, skipped=True)
+    if contact.email is None:
+        # Anonymized (for a record that shared it): its bits read off, but that is not the person unsubscribing.
+        why = "the Spotler contact holds no address (anonymized); nothing is pulled"
+        return PullPlan({}, link.reason or ReasonCode.SYNCED, why, link, skipped=True)
     if (
         link.spotler_last_changed is not None
         and contact.last_changed is not None

@@ -37,6 +37,7 @@ class PushAction(StrEnum):
     UPDATE = "update"
     ANONYMIZE = "anonymize"
     RELINK = "relink"
+    UNSUBSCRIBE = "unsubscribe"  # every mapped permission bit off; the contact and its data stay
     NONE = "none"
 
 
@@ -48,6 +49,7 @@ class PushOptions:
     anonymize_on_deactivate: bool = True
     purge_when_not_set: bool = False
     conflict_winner: Literal["dynamics", "most_recent"] = "dynamics"
+    on_leaving_scope: Literal["unsubscribe", "anonymize", "keep"] = "unsubscribe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +106,24 @@ class _Desired:
     permissions: dict[int, bool] = field(default_factory=dict)
     base: dict[str, str] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
+    held: bool = False  # a permission bit Dynamics asks for stays off (no new opt-in yet)
 
 
-def _skip(reason: ReasonCode, detail: str, inp: PushInput, *, link: LinkState | None = None) -> PushPlan:
+def _skip(
+    reason: ReasonCode, detail: str, inp: PushInput, *, link: LinkState | None = None, in_scope: bool = False
+) -> PushPlan:
+    """Write nothing to Spotler; remember the outcome (and whether the record still qualifies) on its link."""
     current = link if link is not None else inp.link
     new_link = (
-        dataclasses.replace(current, reason=reason, detail=detail, last_attempt=inp.now, failures=0, next_retry=None)
+        dataclasses.replace(
+            current,
+            reason=reason,
+            detail=detail,
+            last_attempt=inp.now,
+            failures=0,
+            next_retry=None,
+            in_scope=in_scope,
+        )
         if current is not None
         else None
     )
@@ -139,18 +153,84 @@ def _advance(link: LinkState, inp: PushInput) -> LinkState:
 
 
 def _owner_peer(inp: PushInput) -> LinkState | None:
-    """A peer that outranks this record for the shared Spotler contact, if any."""
+    """A live peer that outranks this record for the shared Spotler contact, if any."""
     mine = (ENTITY_PRECEDENCE[inp.entity], inp.record_id)
-    for peer in sorted(inp.peers, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)):
-        if peer.anonymized or (peer.entity, peer.record_id) == (inp.entity, inp.record_id):
-            continue
+    for peer in sorted(_active_peers(inp), key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)):
         if (ENTITY_PRECEDENCE[peer.entity], peer.record_id) < mine:
             return peer
     return None
 
 
+def live_peers(peers: Sequence[LinkState], entity: EntityName, record_id: str) -> list[LinkState]:
+    """The other records that still speak for a live, consenting person on a shared Spotler contact."""
+    return [p for p in peers if not p.anonymized and p.in_scope and (p.entity, p.record_id) != (entity, record_id)]
+
+
 def _active_peers(inp: PushInput) -> list[LinkState]:
-    return [p for p in inp.peers if not p.anonymized and (p.entity, p.record_id) != (inp.entity, inp.record_id)]
+    return live_peers(inp.peers, inp.entity, inp.record_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """What giving up a Spotler contact means: write nothing, unsubscribe it, or anonymize it."""
+
+    action: PushAction
+    detail: str
+    contact: SpotlerContact | None = None  # for UNSUBSCRIBE: the permission bits to turn off
+
+
+def plan_departure(
+    contact: SpotlerContact, peers: Sequence[LinkState], mapping: EntityMapping, options: PushOptions
+) -> Departure:
+    """A record stops speaking for the person on `contact` (`peers`: the other live records on it).
+
+    The contact is kept while another live, consenting record shares it; otherwise ON_LEAVING_SCOPE decides.
+    """
+    if peers:
+        return Departure(PushAction.NONE, f"Spotler contact kept for {peers[0].entity} {peers[0].record_id}")
+    if options.on_leaving_scope == "keep":
+        return Departure(PushAction.NONE, "Spotler contact kept (ON_LEAVING_SCOPE=keep)")
+    if options.on_leaving_scope == "anonymize":
+        return Departure(PushAction.ANONYMIZE, "Spotler contact anonymized")
+    bits = {p.bit: False for p in mapping.permissions if p.direction.pushes and contact.permissions.get(p.bit, False)}
+    if not bits:
+        return Departure(PushAction.NONE, "unsubscribed")
+    return Departure(
+        PushAction.UNSUBSCRIBE, "unsubscribed", SpotlerContact(external_id=contact.external_id, permissions=bits)
+    )
+
+
+def _leave(inp: PushInput, reason: ReasonCode, detail: str, mapping: EntityMapping, options: PushOptions) -> PushPlan:
+    """A linked record stops qualifying for a reason that does not anonymize by itself: ON_LEAVING_SCOPE applies."""
+    link = inp.link
+    contact = inp.spotler
+    if link is None or link.anonymized or contact is None:
+        return _skip(reason, detail, inp)  # nothing in Spotler speaks for it
+    departure = plan_departure(contact, _active_peers(inp), mapping, options)
+    text = f"{detail}; {departure.detail}"
+    if departure.action is PushAction.ANONYMIZE:
+        plan = _anonymize(inp, text, SuppressionCause.ANONYMIZED, link.email_hash, link.external_id)
+        assert plan.link is not None
+        return dataclasses.replace(plan, reason=reason, link=dataclasses.replace(plan.link, reason=reason))
+    if departure.action is PushAction.NONE and not departure.detail.startswith("unsubscribed"):
+        return _skip(reason, text, inp)
+    base = dict(link.base)
+    for p in mapping.permissions:
+        if p.direction.pushes:
+            base[p.key] = value_hash(options.hash_key, False)
+    new_link = dataclasses.replace(
+        _advance(link, inp),
+        base=base,
+        in_scope=False,
+        unsubscribed=True,
+        reason=reason,
+        detail=text,
+        failures=0,
+        next_retry=None,
+    )
+    return PushPlan(
+        departure.action, reason, text, external_id=link.external_id, contact=departure.contact, link=new_link
+    )
 
 
 def _permission_value(perm: PermissionMapping, mapping: EntityMapping, attrs: Mapping[str, AttrValue]) -> bool:
@@ -197,8 +277,13 @@ def _desired(
     attrs: Mapping[str, AttrValue],
     current: SpotlerContact | None,
     creating: bool,
+    *,
+    hold: bool = False,
 ) -> _Desired:
-    """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge."""
+    """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge.
+
+    With `hold`, no permission bit is turned on (the person was unsubscribed and has not opted in again).
+    """
     out = _Desired()
     base = dict(inp.link.base) if inp.link is not None else {}
     key = options.hash_key
@@ -246,6 +331,9 @@ def _desired(
         want_on = _permission_value(p, mapping, attrs)
         have_on = current.permissions.get(p.bit, False) if current is not None else False
         want_h = value_hash(key, want_on)
+        if hold and want_on and not have_on:
+            out.held = True
+            continue
         if creating or want_on != have_on:
             if not creating and want_on and p.direction is Direction.BOTH:
                 old = base.get(p.key)
@@ -306,6 +394,7 @@ def _anonymize(inp: PushInput, detail: str, cause: SuppressionCause, email_h: st
     new_link = dataclasses.replace(
         _advance(link, inp),
         anonymized=True,
+        in_scope=False,
         base={},
         email_hash=email_h or link.email_hash,
         reason=ReasonCode.ANONYMIZED,
@@ -374,6 +463,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             )
 
     if wants_no_email(mapping, attrs):
+        peers = _active_peers(inp)
+        if peers and (inp.spotler is not None or (link is not None and not link.anonymized)):
+            # The shared contact stays for another live, consenting record of the person.
+            kept = f"Do Not Email is set; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
+            return _skip(ReasonCode.SUPPRESSED, kept, inp)
         if inp.spotler is not None or (link is not None and not link.anonymized):
             return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, email_h, external_id)
         tomb = Suppression(email_h, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now) if email_h else None
@@ -392,17 +486,27 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
                     inp,
                 )
             return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, email_h, external_id)
-        return _skip(ReasonCode.INACTIVE, "record is inactive", inp)
+        return _leave(inp, ReasonCode.INACTIVE, "record is inactive", mapping, options)
 
     exclusion = excluded_by(mapping, attrs)
     if exclusion is not None:
-        return _skip(ReasonCode.EXCLUDED_BY_FILTER, exclusion.description, inp)
+        return _leave(inp, ReasonCode.EXCLUDED_BY_FILTER, exclusion.description, mapping, options)
     if email is None:
-        return _skip(ReasonCode.NO_VALID_EMAIL, "no valid e-mail address", inp)
+        return _leave(inp, ReasonCode.NO_VALID_EMAIL, "no valid e-mail address", mapping, options)
 
     current = inp.spotler if inp.spotler is not None else inp.email_match
     if current is not None and current.opted_out:
         return _skip(ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler; nothing is written", inp)
+    if (
+        link is not None
+        and not link.anonymized
+        and inp.spotler is not None
+        and inp.spotler.email is None
+        and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED)
+    ):
+        # The contact we linked holds no address any more: it was anonymized (for a record that shared it, or in
+        # Spotler). Writing to it would bring the person back without asking.
+        return _skip(ReasonCode.SUPPRESSED, "the Spotler contact was anonymized; needs a new opt-in in Dynamics", inp)
 
     lift: str | None = None
     tombstone = inp.suppression
@@ -421,11 +525,19 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         detail = f"shares its Spotler contact with {owner.entity} {owner.record_id}, which takes precedence"
         follower = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
         follower = dataclasses.replace(_advance(follower, inp), email_hash=email_h, anonymized=False)
-        return _skip(ReasonCode.SYNCED, detail, inp, link=follower)
+        return _skip(ReasonCode.SYNCED, detail, inp, link=follower, in_scope=True)
+
+    # Unsubscribed when it left the sync: back in scope, its data flows again but no bit is turned on without
+    # a new, explicit opt-in.
+    hold = (
+        link is not None and link.unsubscribed and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED)
+    )
 
     recreate = current is None or (link is not None and link.anonymized)
     creating = current is None
-    desired = _desired(inp, mapping, options, attrs, None if recreate and current is None else current, creating)
+    desired = _desired(
+        inp, mapping, options, attrs, None if recreate and current is None else current, creating, hold=hold
+    )
     base_link = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
     merged_base = {} if recreate and link is not None and link.anonymized else dict(base_link.base)
     merged_base.update(desired.base)
@@ -438,6 +550,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             detail = "paired by e-mail with an existing Spotler contact; updated"
     else:
         action, reason, detail = PushAction.NONE, ReasonCode.SYNCED, "already in sync"
+    if desired.held:
+        detail += "; subscriptions stay off until a new opt-in in Dynamics"
     if desired.conflicts and any(c for c in desired.conflicts if ":" not in c):
         reason = ReasonCode.CONFLICT_RESOLVED
         detail = "both sides changed " + ", ".join(c for c in desired.conflicts if ":" not in c)
@@ -458,6 +572,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         email_hash=email_h,
         base=merged_base,
         anonymized=False,
+        in_scope=True,
+        unsubscribed=hold,
         reason=reason,
         detail=detail,
         failures=0,

@@ -174,10 +174,19 @@ class Settings(BaseSettings):
         validation_alias="ANONYMIZE_ON_DEACTIVATE",
         description="Anonymize the Spotler contact when its Dataverse record is deactivated.",
     )
+    on_leaving_scope: Literal["unsubscribe", "anonymize", "keep"] = Field(
+        default="unsubscribe",
+        validation_alias="ON_LEAVING_SCOPE",
+        description="What happens in Spotler when a synced record stops qualifying (no valid e-mail, excluded by "
+        "a filter, inactive without ANONYMIZE_ON_DEACTIVATE): `unsubscribe` turns every mapped permission off and "
+        "keeps the contact, `anonymize` anonymizes it, `keep` leaves it as it is.",
+    )
     purge_existing_properties_when_not_set: bool = Field(
         default=False,
         validation_alias="PurgeExistingPropertiesWhenNotSet",
-        description="Default blank policy: clear a Spotler property when the Dataverse value is blank.",
+        description="Dynamics -> Spotler: true sends every update with Spotler's purge flag, so Spotler holds "
+        "exactly what Dynamics sends (unsent properties are cleared; Spotler-owned ⬅ values and permissions are "
+        "carried along). false keeps Spotler values the update does not carry.",
     )
     conflict_winner: Literal["dynamics", "most_recent"] = Field(
         default="dynamics",

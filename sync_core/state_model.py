@@ -23,7 +23,10 @@ class LinkState:
 
     `base` maps a field key (a Spotler property name, or `permission:<bit>`) to the keyed hash of the
     canonical value both sides held after the last successful sync: the base of the three-way merge and
-    the reference for echo suppression.
+    the reference for echo suppression. `in_scope` says whether the record still speaks for a live, consenting
+    person: a shared Spotler contact is kept while one of its records does, and given up when the last one leaves.
+    `unsubscribed` is set when leaving the sync turned the person's permission bits off; only a new, explicit
+    opt-in from Dynamics turns them on again.
     """
 
     entity: EntityName
@@ -35,6 +38,8 @@ class LinkState:
     spotler_last_changed: datetime | None = None
     base: Mapping[str, str] = field(default_factory=dict)
     anonymized: bool = False
+    in_scope: bool = True  # the record qualifies (active, valid address, not excluded, no Do Not Email)
+    unsubscribed: bool = False  # its permission bits were turned off when it left the sync; no re-subscription
     reason: ReasonCode | None = None
     detail: str = ""
     last_attempt: datetime | None = None

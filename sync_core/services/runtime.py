@@ -66,6 +66,7 @@ def push_options(settings: Settings) -> PushOptions:
         anonymize_on_deactivate=settings.anonymize_on_deactivate,
         purge_when_not_set=settings.purge_existing_properties_when_not_set,
         conflict_winner=settings.conflict_winner,
+        on_leaving_scope=settings.on_leaving_scope,
     )
 
 

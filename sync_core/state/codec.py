@@ -218,6 +218,8 @@ def link_to_props(link: LinkState) -> Props:
     _put(props, "spotler_last_changed", link.spotler_last_changed)
     props["base"] = _json("base", link.base)
     props["anonymized"] = bool(link.anonymized)
+    props["in_scope"] = bool(link.in_scope)
+    props["unsubscribed"] = bool(link.unsubscribed)
     _put(props, "reason", None if link.reason is None else str(link.reason))
     props["detail"] = _text("detail", link.detail)
     _put(props, "last_attempt", link.last_attempt)
@@ -239,6 +241,8 @@ def link_from_props(props: Mapping[str, Any], etag: str | None) -> LinkState:
         spotler_last_changed=_opt_dt(props, "spotler_last_changed"),
         base={str(k): str(v) for k, v in base.items()},
         anonymized=bool(props.get("anonymized", False)),
+        in_scope=bool(props.get("in_scope", True)),
+        unsubscribed=bool(props.get("unsubscribed", False)),
         reason=None if reason is None else ReasonCode(reason),
         detail=str(props.get("detail", "")),
         last_attempt=_opt_dt(props, "last_attempt"),

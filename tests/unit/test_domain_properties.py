@@ -171,7 +171,7 @@ def push_input(world: World, event: Event, now: datetime) -> PushInput:
 def apply_push(world: World, plan: PushPlan, when: datetime) -> World:
     out = world.copy()
     target = plan.external_id
-    if plan.action in (PushAction.CREATE, PushAction.UPDATE):
+    if plan.action in (PushAction.CREATE, PushAction.UPDATE, PushAction.UNSUBSCRIBE):
         assert plan.contact is not None
         out.contacts[plan.contact.external_id] = spotler_write(
             out.contacts.get(plan.contact.external_id), plan.contact, when, purge=plan.purge

@@ -362,11 +362,32 @@ def test_deactivation_does_not_anonymize_when_setting_off() -> None:
         CONTACT,
         options(anonymize_on_deactivate=False),
     )
-    assert plan.action is PushAction.NONE
+    # Not anonymized: ON_LEAVING_SCOPE (unsubscribe by default) applies instead.
+    assert plan.action is PushAction.UNSUBSCRIBE
+    assert plan.contact is not None
+    assert plan.contact.permissions == {1: False}
+    assert plan.contact.properties == {}
     assert plan.reason is ReasonCode.INACTIVE
+    assert plan.detail == "record is inactive; unsubscribed"
     assert plan.suppress is None
     assert plan.link is not None
     assert not plan.link.anonymized
+    assert plan.link.unsubscribed
+    assert not plan.link.in_scope
+
+
+def test_deactivation_keeps_the_contact_as_it_is_when_leaving_scope_is_keep() -> None:
+    link, contact = synced(person())
+    plan = plan_push(
+        push_input(person(statecode=1), kind=ChangeKind.SET_STATE, link=link, spotler=contact),
+        CONTACT,
+        options(anonymize_on_deactivate=False, on_leaving_scope="keep"),
+    )
+    assert plan.action is PushAction.NONE
+    assert plan.reason is ReasonCode.INACTIVE
+    assert plan.link is not None
+    assert not plan.link.unsubscribed
+    assert not plan.link.in_scope
 
 
 def test_anonymized_person_is_not_recreated_without_new_opt_in() -> None:
@@ -727,7 +748,7 @@ def test_unconvertible_value_is_not_sent_and_noted() -> None:
     assert all("lots" not in c for c in plan.conflicts)
 
 
-def test_do_not_email_on_a_linked_follower_row_anonymizes_the_shared_contact() -> None:
+def test_do_not_email_on_one_record_keeps_the_shared_contact_for_the_live_one() -> None:
     contact_link, shared = synced(person())
     first = plan_push(
         push_input(
@@ -750,9 +771,35 @@ def test_do_not_email_on_a_linked_follower_row_anonymizes_the_shared_contact() -
         LEAD,
         options(),
     )
+    assert plan.action is PushAction.NONE
+    assert plan.reason is ReasonCode.SUPPRESSED
+    assert plan.detail == "Do Not Email is set; Spotler contact kept for contact c-1"
+    assert plan.suppress is None  # a tombstone would lock the live record's person out
+    assert plan.link is not None
+    assert not plan.link.in_scope
+
+
+def test_do_not_email_on_the_last_live_record_anonymizes_the_shared_contact() -> None:
+    contact_link, shared = synced(person())
+    gone = dataclasses.replace(contact_link, in_scope=False, reason=ReasonCode.INACTIVE)
+    lead_link = dataclasses.replace(contact_link, entity="lead", record_id="l-1", external_id="c-1")
+    plan = plan_push(
+        push_input(
+            person(donotemail=True),
+            entity="lead",
+            record_id="l-1",
+            link=lead_link,
+            spotler=shared,
+            peers=[gone],
+            changed={"donotemail"},
+        ),
+        LEAD,
+        options(),
+    )
     assert plan.action is PushAction.ANONYMIZE
     assert plan.external_id == "c-1"
     assert plan.suppress is not None
+    assert plan.suppress.cause is SuppressionCause.OPTED_OUT
 
 
 def test_every_reason_code_has_a_distinct_choice_option_value() -> None:
