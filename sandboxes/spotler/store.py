@@ -338,6 +338,17 @@ class SpotlerStore:
                 stored.feed_changed = stamp
             return self.render(stored)
 
+    def merge_duplicates(self, source_id: str, into_id: str) -> None:
+        """Merge contact `source_id` into `into_id`, as Spotler's duplicate merge does outside the API.
+
+        The surviving contact keeps its data and externalId; `source_id` no longer exists (GET answers 404).
+        """
+        with self._lock:
+            self._require(source_id)
+            survivor = self._require(into_id)
+            del self._contacts[source_id]
+            self._touch(survivor, source="profile")
+
     def contact(self, external_id: str) -> dict[str, Any] | None:
         """One contact as the API would return it (plus sandbox-only `optedOut`/`anonymized`), or None."""
         with self._lock:

@@ -34,8 +34,11 @@ class RecordLeases:
 
     async def take(self, entity: EntityName, record_id: str, owner: str) -> str | None:
         """The record's lease token, waiting up to `wait` for a holder that is about to finish; None if busy."""
+        return await self.take_named(lease_name(entity, record_id), owner)
+
+    async def take_named(self, name: str, owner: str) -> str | None:
+        """A lease on any name (e.g. a person's e-mail hash), waiting up to `wait`; None if busy."""
         polls = max(1, math.ceil(self.wait.total_seconds() / POLL_SECONDS))
-        name = lease_name(entity, record_id)
         for poll in range(polls):
             token = await self.state.acquire_lease(name, owner=owner, now=self.clock(), ttl=self.ttl)
             if token is not None:
@@ -46,3 +49,11 @@ class RecordLeases:
 
     async def give_back(self, entity: EntityName, record_id: str, token: str) -> None:
         await self.state.release_lease(lease_name(entity, record_id), token)
+
+    async def give_back_named(self, name: str, token: str) -> None:
+        await self.state.release_lease(name, token)
+
+
+def email_lease_name(email_hash: str) -> str:
+    """Pushes that touch one person's address are serialized: Spotler merges by e-mail address."""
+    return f"email/{email_hash}"

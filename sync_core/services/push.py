@@ -13,11 +13,11 @@ from sync_core.consent import email_hash, normalize_email
 from sync_core.errors import NotFoundError, SyncError
 from sync_core.event_codec import event_to_dict
 from sync_core.mapping import EntityMapping, MappingConfig
-from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
+from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, live_peers, plan_departure, plan_push
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
 from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, SpotlerContact
-from sync_core.services.leases import RecordLeases
+from sync_core.services.leases import RecordLeases, email_lease_name
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 log = logging.getLogger("sync_core.push")
@@ -73,6 +73,15 @@ def _noted(plan: PushPlan, note: str) -> PushPlan:
     detail = f"{plan.detail} ({note})"
     link = dataclasses.replace(plan.link, detail=detail) if plan.link is not None else None
     return dataclasses.replace(plan, detail=detail, link=link)
+
+
+def _retarget(plan: PushPlan, external_id: str, why: str) -> PushPlan:
+    """The plan with its link (and status) pointing at the Spotler contact `external_id`."""
+    if external_id == plan.external_id:
+        return plan
+    detail = f"{plan.detail} ({why})"
+    link = dataclasses.replace(plan.link, external_id=external_id, detail=detail) if plan.link is not None else None
+    return dataclasses.replace(plan, external_id=external_id, link=link, detail=detail)
 
 
 def backoff_delay(attempt: int, *, base_seconds: float = 60.0, cap_seconds: float = 6 * 3600.0) -> timedelta:
@@ -174,25 +183,63 @@ class PushService:
     async def _apply(self, event: ChangeEvent, mapping: EntityMapping, now: datetime, *, note: str = "") -> PushOutcome:
         attrs = await self._row_attributes(event, mapping)
         link = await self._state.get_link(event.entity, event.record_id)
-        external_id = link.external_id if link is not None else event.record_id
-        spotler = await self._spotler.get_contact(external_id)
-        # A delete's pre-image feeds its tombstone, but a gone row is never paired or checked by e-mail.
-        email = None
-        if attrs is not None and event.kind is not ChangeKind.DELETE:
-            email = normalize_email(attrs.get(mapping.email_attribute))
+        # A delete's pre-image feeds its tombstone and finds its contact, but a gone row is never paired by e-mail.
+        address = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        email = address if event.kind is not ChangeKind.DELETE else None
+        key = self._options.hash_key
+        # Spotler merges by e-mail address: pushes that touch one address (the record's new and old one) run one
+        # at a time, so two records of one person never both create a contact.
+        hashes = sorted({h for h in (email_hash(key, address) if address else None, link and link.email_hash) if h})
+        held: list[tuple[str, str]] = []
+        try:
+            for name in map(email_lease_name, hashes):
+                token = await self.leases.take_named(name, f"{event.entity}/{event.record_id}")
+                if token is None:
+                    raise ConcurrencyConflict("another change of this person's address is being applied")
+                held.append((name, token))
+            return await self._apply_serialized(event, mapping, now, attrs, link, email, address, note)
+        finally:
+            for name, token in held:
+                await self.leases.give_back_named(name, token)
+
+    async def _apply_serialized(
+        self,
+        event: ChangeEvent,
+        mapping: EntityMapping,
+        now: datetime,
+        attrs: dict[str, AttrValue] | None,
+        link: LinkState | None,
+        email: str | None,
+        address: str | None,
+        note: str,
+    ) -> PushOutcome:
+        spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
+        moved_from: SpotlerContact | None = None
+        if link is not None and spotler is None and address is not None:
+            # The linked contact is gone: Spotler merged it into the contact that holds the address. Follow it.
+            holder = await self._holder(address)
+            if holder is not None:
+                link, spotler = dataclasses.replace(link, external_id=holder.external_id), holder
+        elif (
+            link is not None
+            and not link.anonymized
+            and spotler is not None
+            and email is not None
+            and spotler.email is not None
+            and spotler.email.casefold() != email.casefold()
+        ):
+            # The record's address changed to one another contact already holds: the person is that contact now.
+            holder = await self._holder(email)
+            if holder is not None and holder.external_id != link.external_id:
+                moved_from = spotler
+                link, spotler = dataclasses.replace(link, external_id=holder.external_id, base={}), holder
         email_match: SpotlerContact | None = None
         if link is None and spotler is None and email is not None:
-            matches = await self._spotler.search_by_email(email)
-            matches = [m for m in matches if m.email and m.email.casefold() == email.casefold()]
-            email_match = min(matches, key=lambda m: m.external_id) if matches else None
-        key = self._options.hash_key
-        suppression = await self._state.get_suppression(email_hash(key, email)) if email else None
-        target_id = link.external_id if link is not None else (email_match.external_id if email_match else external_id)
-        peers = [
-            p
-            for p in await self._state.links_for_external_id(target_id)
-            if (p.entity, p.record_id) != (event.entity, event.record_id)
-        ]
+            email_match = await self._holder(email)
+        suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
+        own_id = event.record_id
+        target_id = link.external_id if link is not None else (email_match.external_id if email_match else own_id)
+        peers = await self._peers(event.entity, event.record_id, target_id)
         master: dict[str, AttrValue] | None = None
         if event.merged_into:
             row = await self._dataverse.get_row(event.entity, event.merged_into, mapping.columns())
@@ -218,31 +265,104 @@ class PushService:
             mapping,
             self._options,
         )
+        if moved_from is not None:
+            await self._depart(moved_from, event, mapping)
+            plan = _noted(plan, "moved to the Spotler contact that holds its new address")
         if note:
             plan = _noted(plan, note)
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
-        await self._execute(plan, event, now, status_columns=writable)
+        plan = await self._write_spotler(plan, event, mapping, address)
+        await self._remember(plan, event, now, status_columns=writable)
         return PushOutcome(
             plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
         )
 
-    async def _execute(self, plan: PushPlan, event: ChangeEvent, now: datetime, *, status_columns: bool) -> None:
-        if plan.action is PushAction.CREATE and plan.contact is not None:
-            await self._spotler.insert_contact(plan.contact, update=True, purge=False)
-        elif plan.action is PushAction.UPDATE and plan.contact is not None:
+    async def _holder(self, email: str) -> SpotlerContact | None:
+        """The Spotler contact that holds `email` (compared case-insensitively), if any."""
+        matches = await self._spotler.search_by_email(email)
+        matches = [m for m in matches if m.email and m.email.casefold() == email.casefold()]
+        return min(matches, key=lambda m: m.external_id) if matches else None
+
+    async def _peers(self, entity: EntityName, record_id: str, external_id: str) -> list[LinkState]:
+        """The other records linked to the Spotler contact `external_id`."""
+        return [
+            p
+            for p in await self._state.links_for_external_id(external_id)
+            if (p.entity, p.record_id) != (entity, record_id)
+        ]
+
+    async def _depart(self, contact: SpotlerContact, event: ChangeEvent, mapping: EntityMapping) -> None:
+        """The record left `contact` (its address moved to another contact): give it up unless others need it."""
+        peers = await self._peers(event.entity, event.record_id, contact.external_id)
+        others = live_peers(peers, event.entity, event.record_id)
+        departure = plan_departure(contact, others, mapping, self._options)
+        if departure.action is PushAction.UNSUBSCRIBE and departure.contact is not None:
+            await self._spotler.update_contact(departure.contact, purge=False)
+        elif departure.action is PushAction.ANONYMIZE:
+            await self._spotler.anonymize_contact(contact.external_id)
+
+    async def _write_spotler(
+        self, plan: PushPlan, event: ChangeEvent, mapping: EntityMapping, address: str | None
+    ) -> PushPlan:
+        """Carry out the plan's Spotler write; the plan comes back pointing at the contact that really took it."""
+        contact = plan.contact
+        if plan.action is PushAction.CREATE and contact is not None:
+            await self._spotler.insert_contact(contact, update=True, purge=False)
+            return await self._landed(plan, contact)
+        if plan.action is PushAction.UNSUBSCRIBE and contact is not None:
             try:
-                await self._spotler.update_contact(plan.contact, purge=plan.purge)
+                await self._spotler.update_contact(contact, purge=False)
             except NotFoundError:
-                await self._spotler.insert_contact(plan.contact, update=True, purge=plan.purge)
+                return await self._on_holder(plan, event, address, unsubscribe=contact)
+        elif plan.action is PushAction.UPDATE and contact is not None:
+            try:
+                await self._spotler.update_contact(contact, purge=plan.purge)
+            except NotFoundError:
+                await self._spotler.insert_contact(contact, update=True, purge=plan.purge)
+                return await self._landed(plan, contact)
         elif plan.action is PushAction.ANONYMIZE and plan.external_id is not None:
             try:
                 await self._spotler.anonymize_contact(plan.external_id)
             except NotFoundError:
-                log.info("contact already gone in Spotler", extra={"record_id": event.record_id})
-        elif plan.action is PushAction.RELINK and plan.relink_to is not None and plan.external_id is not None:
-            await self._relink(event, plan, now)
+                return await self._on_holder(plan, event, address, unsubscribe=None)
+        return plan
 
+    async def _landed(self, plan: PushPlan, contact: SpotlerContact) -> PushPlan:
+        """Where a create went: Spotler merges a new contact whose address exists into the contact holding it."""
+        if await self._spotler.get_contact(contact.external_id) is not None:
+            return plan
+        holder = await self._holder(contact.email) if contact.email else None
+        if holder is None:
+            raise ConcurrencyConflict("the new Spotler contact cannot be found yet")
+        return _retarget(plan, holder.external_id, "merged by Spotler into the contact that holds its address")
+
+    async def _on_holder(
+        self, plan: PushPlan, event: ChangeEvent, address: str | None, *, unsubscribe: SpotlerContact | None
+    ) -> PushPlan:
+        """The linked contact answered 404: act on the contact that holds the person's address, if there is one.
+
+        A 404 is "already gone" only once Spotler has no contact with the address either; a contact that another
+        live record of the person still uses is left alone.
+        """
+        holder = await self._holder(address) if address else None
+        if holder is None:
+            log.info("contact already gone in Spotler", extra={"record_id": event.record_id})
+            return plan
+        peers = await self._peers(event.entity, event.record_id, holder.external_id)
+        others = live_peers(peers, event.entity, event.record_id)
+        if not others:
+            if unsubscribe is not None:
+                await self._spotler.update_contact(
+                    dataclasses.replace(unsubscribe, external_id=holder.external_id), purge=False
+                )
+            else:
+                await self._spotler.anonymize_contact(holder.external_id)
+        return _retarget(plan, holder.external_id, "found by e-mail")
+
+    async def _remember(self, plan: PushPlan, event: ChangeEvent, now: datetime, *, status_columns: bool) -> None:
+        if plan.action is PushAction.RELINK and plan.relink_to is not None and plan.external_id is not None:
+            await self._relink(event, plan, now)
         if plan.suppress is not None:
             await self._state.put_suppression(plan.suppress)
         if plan.lift_suppression is not None:

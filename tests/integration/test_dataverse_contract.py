@@ -144,12 +144,12 @@ async def test_update_row_with_the_current_etag_applies_and_bumps_the_version(
     assert before is not None
 
     await dataverse_client.update_row(
-        "contact", record_id, {"sync_spotlerstatus": "synced", "sync_interests": [1, 3]}, etag=before.etag
+        "contact", record_id, {"sync_spotlerstatusdetail": "synced", "sync_interests": [1, 3]}, etag=before.etag
     )
 
-    after = await dataverse_client.get_row("contact", record_id, ["sync_spotlerstatus", "sync_interests"])
+    after = await dataverse_client.get_row("contact", record_id, ["sync_spotlerstatusdetail", "sync_interests"])
     assert after is not None
-    assert after.attributes["sync_spotlerstatus"] == "synced"
+    assert after.attributes["sync_spotlerstatusdetail"] == "synced"
     assert after.attributes["sync_interests"] == [1, 3]
     assert after.version is not None
     assert before.version is not None
@@ -195,13 +195,13 @@ async def test_inactive_contact_is_read_only_until_reactivated(
     dataverse_sandbox.sandbox.deactivate("contact", record_id)
 
     with pytest.raises(DataverseInvalidData, match="read-only"):
-        await dataverse_client.update_row("contact", record_id, {"sync_spotlerstatus": "x"})
+        await dataverse_client.update_row("contact", record_id, {"sync_spotlerstatusdetail": "x"})
     await dataverse_client.update_row("contact", record_id, {"statecode": 0, "statuscode": 1})
-    await dataverse_client.update_row("contact", record_id, {"sync_spotlerstatus": "x"})
+    await dataverse_client.update_row("contact", record_id, {"sync_spotlerstatusdetail": "x"})
 
     row = dataverse_sandbox.sandbox.row("contact", record_id)
     assert row is not None
-    assert (row["statecode"], row["sync_spotlerstatus"]) == (0, "x")
+    assert (row["statecode"], row["sync_spotlerstatusdetail"]) == (0, "x")
 
 
 async def test_batch_with_a_failing_item_applies_the_others_and_reports_in_order(
@@ -213,11 +213,11 @@ async def test_batch_with_a_failing_item_applies_the_others_and_reports_in_order
 
     results = await dataverse_client.update_rows(
         [
-            RowUpdate("contact", first, {"sync_spotlerstatus": "one"}),
-            RowUpdate("contact", second, {"sync_spotlerstatus": "two"}, etag=stale_etag),
-            RowUpdate("contact", missing, {"sync_spotlerstatus": "ghost"}),
+            RowUpdate("contact", first, {"sync_spotlerstatusdetail": "one"}),
+            RowUpdate("contact", second, {"sync_spotlerstatusdetail": "two"}, etag=stale_etag),
+            RowUpdate("contact", missing, {"sync_spotlerstatusdetail": "ghost"}),
             RowUpdate("contact", third, {"nosuchcolumn": 1}),
-            RowUpdate("contact", third, {"sync_spotlerstatus": "three"}),
+            RowUpdate("contact", third, {"sync_spotlerstatusdetail": "three"}),
         ]
     )
 
@@ -232,7 +232,7 @@ async def test_batch_with_a_failing_item_applies_the_others_and_reports_in_order
     assert results[2].error_code == "0x80040217"
     assert "nosuchcolumn" in results[3].message
     rows = {rid: dataverse_sandbox.sandbox.row("contact", rid) for rid in (first, second, third)}
-    assert [rows[rid]["sync_spotlerstatus"] for rid in (first, second, third)] == ["one", None, "three"]  # type: ignore[index]
+    assert [rows[rid]["sync_spotlerstatusdetail"] for rid in (first, second, third)] == ["one", None, "three"]  # type: ignore[index]
     assert dataverse_sandbox.sandbox.row("contact", missing) is None
     assert dataverse_sandbox.sandbox.request_count("POST /$batch") == 1
 

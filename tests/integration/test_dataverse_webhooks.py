@@ -159,14 +159,14 @@ async def test_writes_with_the_app_token_carry_the_app_user(
     register(dataverse_sandbox, hook_url)
     record_id = seed(dataverse_sandbox)
 
-    await dataverse_client.update_row("contact", record_id, {"sync_spotlerstatus": "synced"})
+    await dataverse_client.update_row("contact", record_id, {"sync_spotlerstatusdetail": "synced"})
     drain(dataverse_sandbox)
 
     (event,) = receiver.events()
     assert event.initiating_user_id == dataverse_sandbox.app_user_id
     assert event.user_id == dataverse_sandbox.app_user_id
     assert event.attributes["modifiedby"] == dataverse_sandbox.app_user_id
-    assert event.changed >= {"sync_spotlerstatus"}
+    assert event.changed >= {"sync_spotlerstatusdetail"}
 
 
 async def test_create_and_delete_are_delivered_with_their_images(
