@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -36,11 +37,16 @@ def _column_note(row: dict[str, object], reason: str) -> str:
     return "" if column == reason else f" (inactive, read-only row keeps: {column})"
 
 
+PROFILE_FORM_MAPPING = Path(__file__).resolve().parents[1] / "docs" / "examples" / "profile-update-form.json"
+
+
 async def story(connection_string: str) -> int:
     with sandbox_stack(
         connection_string,
         name="demo",
         SPOTLER_MAX_ATTEMPTS="2",
+        # Names and e-mail two-way, phone from Spotler: the shipped example for a Spotler profile-update form.
+        MAPPING_FILE=str(PROFILE_FORM_MAPPING),
         DATAVERSE_STATUS_COLUMN="sync_spotlerstatus",
         DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail",
     ) as stack:
@@ -86,7 +92,10 @@ async def story(connection_string: str) -> int:
             dataverse.edit("contact", bram, {"donotbulkemail": True})
             dataverse.deactivate("lead", lisa)
             await settle()
-            step("Anna updates her first name in a Spotler profile form; the 15-minute pull runs")
+            step(
+                "Anna updates her first name in a Spotler profile form (the mapping "
+                "docs/examples/profile-update-form.json syncs names both ways); the 15-minute pull runs"
+            )
             spotler.profile_edit(anna, properties={"firstName": "Anne"})
             await asyncio.sleep(0.05)
             await host.run_timer()
