@@ -358,7 +358,9 @@ class WebApi:
     ) -> OpResult:
         if method == "GET" and path.strip("/") == "WhoAmI":
             # The WhoAmI function: who the bearer token belongs to (health checks call it).
-            return _json_result(200, {"UserId": user_id, "BusinessUnitId": _SANDBOX_UNIT, "OrganizationId": _SANDBOX_ORG})
+            return _json_result(
+                200, {"UserId": user_id, "BusinessUnitId": _SANDBOX_UNIT, "OrganizationId": _SANDBOX_ORG}
+            )
         match = _KEY_RE.match(path.strip("/"))
         if match is None:
             raise SandboxError(404, "0x8006088a", f"Resource not found for the segment '{path}'.")

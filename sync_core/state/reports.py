@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -181,12 +182,21 @@ class TableReports:
         return dict(sorted(counts.items()))
 
     async def links_with_reason(
-        self, reason: str, *, limit: int = 50, cursor: str | None = None, entity: EntityName | None = None
+        self,
+        reasons: Sequence[str],
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        entity: EntityName | None = None,
     ) -> tuple[list[LinkState], str | None]:
-        """One page of records whose current reason code is `reason`, and the cursor of the next page."""
+        """One page of records whose current reason code is one of `reasons`, and the next page's cursor.
+
+        A page can hold fewer than `limit` records (even none) while more follow: go on until the cursor is None.
+        """
         token = decode_cursor(cursor)
-        query = "reason eq @reason"
-        parameters: dict[str, Any] = {"reason": reason}
+        names = [f"r{i}" for i in range(len(reasons))]
+        query = "(" + " or ".join(f"reason eq @{n}" for n in names) + ")"
+        parameters: dict[str, Any] = dict(zip(names, reasons, strict=True))
         if entity is not None:
             query += " and PartitionKey eq @entity"
             parameters["entity"] = entity
