@@ -215,7 +215,8 @@ class QueueWorker:
         try:
             event = decode_event(inner)
         except EventDecodeError as exc:
-            cause = _error_class(error_type)(message if envelope is not None else str(exc))
+            # The host's own poison message names no error: an unreadable body is the failure itself.
+            cause = _error_class(UNDECODABLE if envelope is None else error_type)(message if envelope else str(exc))
             return await self._park_raw(inner, cause, attempts=attempts, host_poison=True)
         exc_type = _error_class(error_type)
         attrs = sync_attributes(

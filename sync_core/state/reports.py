@@ -195,7 +195,7 @@ class TableReports:
         """
         token = decode_cursor(cursor)
         names = [f"r{i}" for i in range(len(reasons))]
-        query = "(" + " or ".join(f"reason eq @{n}" for n in names) + ")"
+        query = "( " + " or ".join(f"reason eq @{n}" for n in names) + " )"  # parameters need spaces around
         parameters: dict[str, Any] = dict(zip(names, reasons, strict=True))
         if entity is not None:
             query += " and PartitionKey eq @entity"
