@@ -88,7 +88,8 @@ class Overview:
         return {
             "value": value.isoformat() if value else None,
             "ageSeconds": None if age is None else round(age),
-            "runInProgress": bool(mark is not None and mark.in_progress),
+            "runInProgress": bool(mark is not None and mark.run_started is not None),
+            "resumes": bool(mark is not None and mark.in_progress and mark.run_started is None),
         }
 
     async def page(self, reasons: Sequence[str], *, limit: int, cursor: str | None) -> dict[str, Any]:

@@ -17,13 +17,22 @@ TEMPLATES = Path(__file__).parent / "templates"
 def _environment() -> Any:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape  # noqa: PLC0415
 
-    return Environment(
+    environment = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["when"] = when
+    return environment
+
+
+def when(value: str | None) -> str:
+    """An ISO 8601 UTC timestamp as `2026-01-31 14:05:09` (the page says its times are UTC)."""
+    if not value:
+        return ""
+    return value.replace("T", " ")[:19]
 
 
 def link(path: str, code: str | None, **params: str | None) -> str:
