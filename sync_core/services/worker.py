@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from sync_core.event_codec import EventDecodeError, decode_event
 from sync_core.ports import StateStore
 from sync_core.records import ENTITY_NAMES, ChangeEvent, EntityName
@@ -195,8 +197,17 @@ class QueueWorker:
             "attempts": attempts,
             "body": body,
         }
+        text = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
         # If the poison queue cannot take it either, the host's own retries and poison move are the net.
-        await self._poison.send(json.dumps(envelope, separators=(",", ":"), ensure_ascii=False))
+        try:
+            await self._poison.send(text)
+        except ResourceNotFoundError:
+            # The host creates `<queue>-poison` on its first poison move (the infrastructure creates it too).
+            ensure_ready = getattr(self._poison, "ensure_ready", None)
+            if ensure_ready is None:
+                raise
+            await ensure_ready()
+            await self._poison.send(text)
         log.warning(
             "dead letter not stored; message forwarded to the poison queue",
             extra={"error.type": error_type, "storage_error": type(store_exc).__name__},

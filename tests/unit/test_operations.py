@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from sync_core.event_codec import encode_event
 from sync_core.services.overview import ERROR_REASONS, BadQuery, parse_limit, parse_reasons
@@ -92,6 +93,36 @@ async def test_when_the_dead_letter_cannot_be_stored_the_message_goes_to_the_poi
     await worker(healthy).deliver_poison(forwarded.encode(), dequeue_count=1)
     [letter] = await healthy.state.list_dead_letters()
     assert (letter.error_class, letter.attempts, letter.event["id"]) == ("BrokenStore", 3, RECORD)
+
+
+class PoisonQueueNotCreatedYet(InMemoryEventQueue):
+    """A poison queue that does not exist until `ensure_ready` creates it, like a fresh storage account's."""
+
+    def __init__(self) -> None:
+        super().__init__("events-poison")
+        self.created = False
+
+    async def ensure_ready(self) -> None:
+        self.created = True
+
+    async def send(self, message: str) -> str:
+        if not self.created:
+            raise ResourceNotFoundError("The specified queue does not exist.")
+        return await super().send(message)
+
+
+async def test_a_poison_queue_that_does_not_exist_yet_is_created_for_the_forward() -> None:
+    world = World()
+    broken = _raise(BrokenStore("storage down"))
+    world.state.claim_delivery = broken  # type: ignore[method-assign]
+    world.state.get_dead_letter = broken  # type: ignore[method-assign]
+    poison = PoisonQueueNotCreatedYet()
+    delivered = await worker(world, poison).deliver(
+        encode_event(change(RECORD)).encode(), message_id="m", dequeue_count=3
+    )
+    assert delivered.forwarded
+    assert poison.created
+    assert len(poison.texts()) == 1
 
 
 async def test_without_a_poison_queue_a_storage_failure_on_the_last_delivery_is_raised_to_the_host() -> None:
