@@ -92,8 +92,15 @@ async def replay_from_page(runtime: Runtime, entity_name: str, event_id: str, pa
     """Replay one dead letter; the page's address to go back to, with the outcome as a notice."""
     entity = as_entity(entity_name)
     outcome = "missing"
-    if entity is not None and await runtime.state.get_dead_letter(entity, event_id) is not None:
-        outcome = "replayed" if await runtime.pull.replay(entity, event_id) else "failed"
+    letter = await runtime.state.get_dead_letter(entity, event_id) if entity is not None else None
+    if entity is not None and letter is not None:
+        record_id = letter.event.get("id")
+        with current().span(
+            "sync.replay", entity=entity, record_id=str(record_id) if record_id else None, action="replay"
+        ) as span:
+            applied = await runtime.pull.replay(entity, event_id)
+            span.set_attribute("sync.replayed", applied)
+        outcome = "replayed" if applied else "failed"
     return link("ui", params.get("code"), notice=outcome)
 
 
