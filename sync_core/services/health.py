@@ -92,6 +92,8 @@ class HealthChecker:
     max_delivery_attempts: int
     host_max_dequeue_count: int | None = None
     pull_interval: timedelta = PULL_INTERVAL
+    # More checks by name (for example a configuration check); each runs guarded like the built-in ones.
+    extra: dict[str, Callable[[], Awaitable[Check]]] = field(default_factory=dict)
 
     async def run(self) -> HealthReport:
         checks = await asyncio.gather(
@@ -100,6 +102,7 @@ class HealthChecker:
             _guarded("spotler", self._spotler),
             _guarded("dataverse", self._dataverse),
             _guarded("deadLetters", self._dead_letters),
+            *(_guarded(name, probe) for name, probe in self.extra.items()),
         )
         mapping = await _guarded("mapping", self._mapping) if checks[2].status == "healthy" else None
         results = [*checks, *(c for c in (mapping,) if c is not None), self._delivery_attempts()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +17,7 @@ from sync_core.dataverse.credentials import make_credential
 from sync_core.mapping import MappingConfig, default_mapping, parse_mapping
 from sync_core.plan import PushOptions
 from sync_core.ports import DataverseGateway, SpotlerGateway, StateStore
-from sync_core.services.health import CachedVerdict, HealthChecker
+from sync_core.services.health import CachedVerdict, Check, HealthChecker
 from sync_core.services.intake import EventSink, WebhookIntake
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import PushService, StatusColumns
@@ -55,6 +55,7 @@ class Runtime:
     worker: QueueWorker | None = None
     reports: TableReports | None = None
     health_verdict: CachedVerdict = field(default_factory=CachedVerdict)
+    health_extra: dict[str, Callable[[], Awaitable[Check]]] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         for closer in (self.spotler.aclose, self.dataverse.aclose, self.state.aclose, self.queue.aclose):
@@ -80,6 +81,7 @@ class Runtime:
             clock=self.clock,
             max_delivery_attempts=self.settings.max_delivery_attempts,
             host_max_dequeue_count=host_max_dequeue_count(),
+            extra=dict(self.health_extra),
         )
 
 

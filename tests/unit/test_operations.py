@@ -9,14 +9,16 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from sync_core.event_codec import encode_event
+from sync_core.services.health import Check, HealthChecker
 from sync_core.services.overview import ERROR_REASONS, BadQuery, parse_limit, parse_reasons
 from sync_core.services.runtime import HOST_JSON, host_max_dequeue_count
 from sync_core.services.worker import QueueWorker, poison_queue_name
 from sync_core.settings import Settings
+from sync_core.spotler.errors import SpotlerTransientError
 from sync_core.state.queue import InMemoryEventQueue
 from sync_core.state.reports import CursorError, decode_cursor, encode_cursor
 from sync_core.telemetry import NoTelemetry, _aad_client_id, current
-from tests.unit.service_fakes import World, change, row_attributes
+from tests.unit.service_fakes import MAPPING, World, change, row_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = "0a1b2c3d-0000-4000-8000-0000000000aa"
@@ -198,3 +200,64 @@ def test_entra_client_id_is_read_from_the_authentication_string() -> None:
 
 def test_telemetry_is_a_no_op_until_configured() -> None:
     assert isinstance(current(), NoTelemetry)
+
+
+# --- health verdicts
+
+
+def checker(world: World, **overrides: object) -> HealthChecker:
+    options: dict[str, object] = {
+        "state": world.state,
+        "queue": None,
+        "poison": None,
+        "spotler": world.spotler,
+        "dataverse": world.dataverse,
+        "mapping": MAPPING,
+        "clock": world.clock,
+        "max_delivery_attempts": 5,
+        "host_max_dequeue_count": 5,
+    }
+    options.update(overrides)
+    return HealthChecker(**options)  # type: ignore[arg-type]
+
+
+async def test_health_is_degraded_by_dead_letters_and_unknown_properties_and_unhealthy_when_spotler_fails() -> None:
+    world = World()
+    report = await checker(world).run()
+    checks = {c.name: c for c in report.checks}
+    # The fake's catalogue is empty: every mapped property outside Spotler's built-in fields is unknown.
+    assert checks["mapping"].status == "degraded"
+    assert "firstName" in checks["mapping"].data["unknown"]
+    assert "email" not in checks["mapping"].data["unknown"]
+    assert report.status == "degraded"
+
+    world.spotler.fail("list_properties", SpotlerTransientError("down", status=503), times=5)
+    report = await checker(world).run()
+    checks = {c.name: c for c in report.checks}
+    assert (report.status, checks["spotler"].status, checks["spotler"].data["errorType"]) == (
+        "unhealthy",
+        "unhealthy",
+        "SpotlerTransientError",
+    )
+    assert "mapping" not in checks, "the mapping is only compared with a Spotler that answers"
+
+
+async def test_extra_checks_join_the_verdict_and_a_failing_one_is_contained() -> None:
+    world = World()
+
+    async def configuration() -> Check:
+        return Check("configuration", "healthy", "ok")
+
+    async def broken() -> Check:
+        raise RuntimeError("probe crashed")
+
+    report = await checker(world, extra={"configuration": configuration, "broken": broken}).run()
+    checks = {c.name: c for c in report.checks}
+    assert checks["configuration"].status == "healthy"
+    assert (checks["broken"].status, checks["broken"].data["errorType"]) == ("unhealthy", "RuntimeError")
+    assert report.status == "unhealthy"
+
+
+async def test_more_delivery_attempts_than_the_host_allows_is_degraded() -> None:
+    report = await checker(World(), max_delivery_attempts=6, host_max_dequeue_count=5).run()
+    assert {c.name: c.status for c in report.checks}["deliveryAttempts"] == "degraded"
