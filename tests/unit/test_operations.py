@@ -22,6 +22,7 @@ from tests.unit.service_fakes import MAPPING, World, change, row_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = "0a1b2c3d-0000-4000-8000-0000000000aa"
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 
 
 class BrokenStore(Exception):
@@ -261,3 +262,35 @@ async def test_extra_checks_join_the_verdict_and_a_failing_one_is_contained() ->
 async def test_more_delivery_attempts_than_the_host_allows_is_degraded() -> None:
     report = await checker(World(), max_delivery_attempts=6, host_max_dequeue_count=5).run()
     assert {c.name: c.status for c in report.checks}["deliveryAttempts"] == "degraded"
+
+
+def test_configuring_application_insights_traces_no_http_client_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.monitor.opentelemetry as distro
+
+    from sync_core import telemetry
+
+    calls: list[dict[str, object]] = []
+    CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+    monkeypatch.setattr(distro, "configure_azure_monitor", lambda **options: calls.append(options))
+    monkeypatch.setattr(telemetry._Process, "configured", False)
+    monkeypatch.setattr(telemetry._Process, "recorder", NoTelemetry())
+    settings = Settings.model_validate(
+        {
+            "AzureWebJobsStorage__accountName": "syncstate",
+            "SPOTLER_CONSUMER_KEY": "k",
+            "SPOTLER_CONSUMER_SECRET": "s",
+            "DATAVERSE_URL": "https://example.crm4.dynamics.com",
+            "WEBHOOK_SECRET": "w",
+            "SUPPRESSION_HASH_KEY": "a-key-of-sixteen-or-more",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000",
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": f"ClientId={CLIENT_ID};Authorization=AAD",
+        }
+    )
+    assert telemetry.configure_telemetry(settings) is True
+    assert telemetry.configure_telemetry(settings) is True, "a second call changes nothing"
+    [options] = calls
+    disabled = options["instrumentation_options"]
+    assert isinstance(disabled, dict)
+    assert {name for name, opt in disabled.items() if opt == {"enabled": False}} >= {"httpx", "requests", "urllib3"}
+    assert type(options["credential"]).__name__ == "ManagedIdentityCredential"
+    assert telemetry.current().enabled
