@@ -8,10 +8,18 @@ from typing import Any
 
 import azure.functions as func
 
-from sync_core.event_codec import EventDecodeError, decode_event
 from sync_core.records import ENTITY_NAMES, as_entity
-from sync_core.services.push import RetryLater
-from sync_core.services.runtime import describe, get_runtime
+from sync_core.services.operations import (
+    health_details,
+    list_records,
+    list_runs,
+    process_poison,
+    record_pull_run,
+    replay_from_page,
+    sync_health_page,
+)
+from sync_core.services.operations import health_verdict as _health_verdict
+from sync_core.services.runtime import get_runtime
 from sync_core.services.status import dead_letter_view, record_status_view
 from sync_core.settings import SettingsError
 
@@ -41,27 +49,16 @@ async def dynamics_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 
 async def push_worker(msg: func.QueueMessage) -> None:
-    """Apply one queued change to Spotler; transient failures retry, the last attempt dead-letters."""
+    """Apply one queued change to Spotler; failures retry, and on the last delivery every failure dead-letters."""
     runtime = get_runtime()
-    try:
-        event = decode_event(msg.get_body().decode("utf-8"))
-    except (EventDecodeError, UnicodeDecodeError):
-        log.error("undecodable queue message dropped", extra={"message_id": msg.id})
-        return
-    try:
-        await runtime.push.handle(event, owner=msg.id or event.idempotency_key)
-    except RetryLater as exc:
-        attempts = msg.dequeue_count or 1
-        if attempts >= runtime.settings.max_delivery_attempts:
-            await runtime.push.dead_letter(event, exc, attempts=attempts, now=runtime.clock())
-            return
-        raise
+    assert runtime.worker is not None
+    await runtime.worker.deliver(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count)
 
 
 async def spotler_pull(timer: func.TimerRequest) -> None:
     """Every 15 minutes: Spotler changes since the watermark to Dynamics, then due dead letters."""
     runtime = get_runtime()
-    report = await runtime.pull.run()
+    report = await record_pull_run(runtime)
     log.info(
         "pull run finished",
         extra={
@@ -117,16 +114,13 @@ async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
 
 
 async def health(req: func.HttpRequest) -> func.HttpResponse:
-    """Configuration loaded and storage reachable."""
+    """Anonymous: only healthy / degraded / unhealthy (the deep checks, at most every 30 s); no configuration."""
     try:
         runtime = get_runtime()
     except SettingsError:
-        return _json(503, {"status": "unhealthy", "configuration": "invalid"})
-    try:
-        await runtime.state.get_watermark("health-probe")
-    except Exception:
-        return _json(503, {"status": "unhealthy", "configuration": "ok", "storage": "unreachable"})
-    return _json(200, {"status": "healthy", "configuration": describe(runtime.settings), "storage": "ok"})
+        return _json(503, {"status": "unhealthy"})
+    verdict = await runtime.health_verdict.get(_health_verdict(runtime))
+    return _json(503 if verdict == "unhealthy" else 200, {"status": verdict})
 
 
 # Registered without decorators so the handlers above stay plain, typed functions.
@@ -140,3 +134,57 @@ app.route(route="deadletters/{entity}/{event_id}/replay", methods=["POST"], auth
     replay_dead_letter
 )
 app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)(health)
+
+
+# --- Operations: the poison-queue net, deep health, run history, records by status, the sync-health page.
+
+
+async def poison_worker(msg: func.QueueMessage) -> None:
+    """`<queue>-poison`: whatever lands there becomes a dead letter (retried while storage does not answer)."""
+    await process_poison(get_runtime(), msg.get_body(), dequeue_count=msg.dequeue_count)
+
+
+async def health_details_route(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: every check with its verdict; 503 when unhealthy."""
+    try:
+        runtime = get_runtime()
+    except SettingsError as exc:
+        return _config_error(exc)
+    status, body = await health_details(runtime)
+    return _json(status, body)
+
+
+async def runs_route(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: the newest pull, bulk and reconciliation runs with their counts and outcome."""
+    status, body = await list_runs(get_runtime(), dict(req.params))
+    return _json(status, body)
+
+
+async def records_route(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: records whose Spotler status is `reason` (default: the error reasons), paged by `cursor`."""
+    status, body = await list_records(get_runtime(), dict(req.params))
+    return _json(status, body)
+
+
+async def ui_page(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: the sync-health page (server-rendered HTML)."""
+    status, html = await sync_health_page(get_runtime(), dict(req.params))
+    return func.HttpResponse(html, status_code=status, mimetype="text/html", charset="utf-8")
+
+
+async def ui_replay(req: func.HttpRequest) -> func.HttpResponse:
+    """Function key: the page's replay button; redirects back to the page with the outcome."""
+    location = await replay_from_page(
+        get_runtime(), req.route_params.get("entity", ""), req.route_params.get("event_id", ""), dict(req.params)
+    )
+    return func.HttpResponse(status_code=303, headers={"Location": location})
+
+
+app.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE_NAME%-poison", connection=QUEUE_CONNECTION)(poison_worker)
+app.route(route="health/details", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(health_details_route)
+app.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(runs_route)
+app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(records_route)
+app.route(route="ui", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(ui_page)
+app.route(route="ui/deadletters/{entity}/{event_id}/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(
+    ui_replay
+)

@@ -101,6 +101,14 @@ param anonymizeOnDeactivate bool = true
 @description('Clear a Spotler property when the Dataverse value is blank.')
 param purgeExistingPropertiesWhenNotSet bool = false
 
+@description('E-mail address that receives the connector\'s alerts (dead letters, poison queue, no completed pull, failure share); empty creates the alerts with an action group without a receiver.')
+param alertEmail string = ''
+
+@description('Alert when more than this percentage of push deliveries fail within an hour.')
+@minValue(1)
+@maxValue(100)
+param alertFailureSharePercent int = 10
+
 @description('Optional principal id (e.g. the user running azd) granted Key Vault Secrets Officer so it can set the secret values. Empty to skip.')
 param principalId string = ''
 
@@ -129,6 +137,7 @@ var stateTables = [
   'suppressions'
   'deliveries'
   'index'
+  'runs'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -155,6 +164,20 @@ module monitoring 'core/monitoring.bicep' = {
     applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
     location: location
     tags: allTags
+  }
+}
+
+module alerts 'core/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: allTags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    actionGroupName: 'ag-sync-${resourceToken}'
+    alertEmail: alertEmail
+    failureSharePercent: alertFailureSharePercent
+    namePrefix: 'sync-${resourceToken}'
   }
 }
 

@@ -28,7 +28,8 @@ import function_app
 from sandboxes._server import free_port
 from sandboxes.dataverse import DataverseSandbox
 from sync_core.records import ENTITY_NAMES
-from sync_core.services.runtime import get_runtime, reset_runtime
+from sync_core.services.runtime import get_runtime, host_max_dequeue_count, reset_runtime
+from sync_core.services.worker import poison_queue_name
 from sync_core.state.queue import EventQueue, ReceivedMessage
 
 log = logging.getLogger("sandboxes.functions_host")
@@ -46,7 +47,13 @@ def _to_func_request(request: Request, body: bytes) -> func.HttpRequest:
 
 
 def _from_func_response(response: func.HttpResponse) -> Response:
-    return Response(content=response.get_body(), status_code=response.status_code, media_type=response.mimetype or None)
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+    return Response(
+        content=response.get_body(),
+        status_code=response.status_code,
+        media_type=response.mimetype or None,
+        headers=headers or None,
+    )
 
 
 def _route(handler: Any) -> Any:
@@ -70,6 +77,15 @@ def create_host_app() -> Starlette:
                 methods=["POST"],
             ),
             Route("/api/health", _route(function_app.health), methods=["GET"]),
+            Route("/api/health/details", _route(function_app.health_details_route), methods=["GET"]),
+            Route("/api/runs", _route(function_app.runs_route), methods=["GET"]),
+            Route("/api/status", _route(function_app.records_route), methods=["GET"]),
+            Route("/api/ui", _route(function_app.ui_page), methods=["GET"]),
+            Route(
+                "/api/ui/deadletters/{entity}/{event_id}/replay",
+                _route(function_app.ui_replay),
+                methods=["POST"],
+            ),
         ]
     )
 
@@ -87,6 +103,9 @@ class LocalFunctionsHost:
         )
         self._task: asyncio.Task[None] | None = None
         self._queue: EventQueue | None = None
+        self._poison: EventQueue | None = None
+        # The host moves a message to `<queue>-poison` after this many failed deliveries (host.json).
+        self.max_dequeue_count = host_max_dequeue_count() or 5
 
     @property
     def url(self) -> str:
@@ -103,6 +122,8 @@ class LocalFunctionsHost:
         assert conn is not None, "the local host needs a storage connection string"
         self._queue = EventQueue.from_connection_string(conn, runtime.settings.queue_name)
         await self._queue.ensure_ready()
+        self._poison = EventQueue.from_connection_string(conn, poison_queue_name(runtime.settings.queue_name))
+        await self._poison.ensure_ready()
         self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._task.done():
@@ -119,6 +140,8 @@ class LocalFunctionsHost:
                 await self._task
         if self._queue is not None:
             await self._queue.aclose()
+        if self._poison is not None:
+            await self._poison.aclose()
         await reset_runtime()
         for key, value in self._saved.items():
             if value is None:
@@ -186,6 +209,12 @@ class LocalFunctionsHost:
                     QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count)
                 )
             except Exception:
+                if message.dequeue_count >= self.max_dequeue_count:
+                    # As the host does after maxDequeueCount failed deliveries: move it to `<queue>-poison`.
+                    log.info("queue handler failed on the last delivery; message moved to the poison queue")
+                    await self._poison_queue().send(message.text)
+                    await queue.delete(message.id, message.pop_receipt)
+                    return True
                 log.info("queue handler failed; the message will be delivered again", exc_info=True)
                 return False
             await queue.delete(message.id, message.pop_receipt)
@@ -193,6 +222,32 @@ class LocalFunctionsHost:
 
         outcomes = await asyncio.gather(*(deliver(m) for m in batch))
         return sum(outcomes), [m for m, ok in zip(batch, outcomes, strict=True) if not ok]
+
+    def _poison_queue(self) -> EventQueue:
+        assert self._poison is not None, "the host is not running"
+        return self._poison
+
+    async def put_poison(self, text: str) -> str:
+        """Put a message straight onto `<queue>-poison` (as the host does with one that keeps failing)."""
+        return await self._poison_queue().send(text)
+
+    async def run_poison_queue(self) -> tuple[int, int]:
+        """Deliver every visible poison message once to the poison trigger; (handled, failed)."""
+        poison = self._poison_queue()
+        handled = failed = 0
+        for message in await poison.receive(max_messages=32, visibility_timeout=300):
+            try:
+                await function_app.poison_worker(
+                    QueueMessage(id=message.id, body=message.text.encode("utf-8"), dequeue_count=message.dequeue_count)
+                )
+            except Exception:
+                log.info("poison handler failed; the message will be delivered again", exc_info=True)
+                await poison.release(message.id, message.pop_receipt)
+                failed += 1
+                continue
+            await poison.delete(message.id, message.pop_receipt)
+            handled += 1
+        return handled, failed
 
     async def run_timer(self) -> None:
         """One run of the 15-minute pull."""

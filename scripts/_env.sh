@@ -73,3 +73,25 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
   export AZURITE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=$account;AccountKey=$key;BlobEndpoint=http://127.0.0.1:$BLOB_PORT/$account;QueueEndpoint=http://127.0.0.1:$QUEUE_PORT/$account;TableEndpoint=http://127.0.0.1:$TABLE_PORT/$account;"
   echo "==> Azurite running (pid $AZURITE_PID)"
 }
+
+# The sync-health page's browser test drives Debian's chromium through chromedriver. Installed when missing
+# (CI runs as root); `apt-get update` only when the package lists do not know the packages yet.
+ensure_chromium() {
+  if command -v chromium > /dev/null && command -v chromedriver > /dev/null; then
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo > /dev/null; then
+      sudo="sudo -n"
+    else
+      echo "chromium and chromium-driver are missing and this user cannot install them (apt-get needs root)" >&2
+      return 1
+    fi
+  fi
+  echo "==> installing chromium and chromium-driver (apt-get)"
+  if ! apt-cache show chromium-driver > /dev/null 2>&1; then
+    $sudo apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null
+}

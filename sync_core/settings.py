@@ -235,6 +235,25 @@ class Settings(BaseSettings):
         "(the delay doubles from 1 minute up to 6 hours: 12 replays span about a day).",
     )
 
+    # --- Telemetry
+    applicationinsights_connection_string: str | None = Field(
+        default=None,
+        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
+        description="Application Insights connection string; set: spans, log records and metrics are exported "
+        "there (azure-monitor-opentelemetry). Set by the infrastructure.",
+    )
+    applicationinsights_authentication_string: str | None = Field(
+        default=None,
+        validation_alias="APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+        description="`ClientId=<id>;Authorization=AAD`: export with that managed identity (Entra) instead of "
+        "the connection string's key. Set by the infrastructure.",
+    )
+    telemetry_console: bool = Field(
+        default=False,
+        validation_alias="SYNC_TELEMETRY_CONSOLE",
+        description="Print spans and metrics to the console (local troubleshooting; not for Azure).",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _blank_means_unset(cls, data: Any) -> Any:

@@ -292,6 +292,10 @@ def _registration(settings: Mapping[str, Any]) -> WebhookRegistration:
 # --- Web API -----------------------------------------------------------------------------------------
 
 
+_SANDBOX_UNIT = "00000000-0000-0000-0000-00000000b001"
+_SANDBOX_ORG = "00000000-0000-0000-0000-00000000a001"
+
+
 @dataclass
 class OpResult:
     status: int
@@ -352,6 +356,11 @@ class WebApi:
         user_id: str,
         root: str,
     ) -> OpResult:
+        if method == "GET" and path.strip("/") == "WhoAmI":
+            # The WhoAmI function: who the bearer token belongs to (health checks call it).
+            return _json_result(
+                200, {"UserId": user_id, "BusinessUnitId": _SANDBOX_UNIT, "OrganizationId": _SANDBOX_ORG}
+            )
         match = _KEY_RE.match(path.strip("/"))
         if match is None:
             raise SandboxError(404, "0x8006088a", f"Resource not found for the segment '{path}'.")

@@ -109,6 +109,11 @@ class DataverseClient:
 
     # --- DataverseGateway ---------------------------------------------------------------------------
 
+    async def who_am_i(self) -> str:
+        """The WhoAmI function: the id of the user the connector's token belongs to (a cheap health check)."""
+        response = await self._request("GET", f"{self._api}/WhoAmI")
+        return str(response.json().get("UserId", ""))
+
     async def get_row(self, entity: EntityName, record_id: str, columns: Sequence[str]) -> DataverseRow | None:
         """The row with `columns` selected, or None when it does not exist."""
         entity_set, _ = _entity_set(entity)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sync_core.dataverse.auth import WebhookAuthenticator
@@ -16,13 +17,17 @@ from sync_core.dataverse.credentials import make_credential
 from sync_core.mapping import MappingConfig, default_mapping, parse_mapping
 from sync_core.plan import PushOptions
 from sync_core.ports import DataverseGateway, SpotlerGateway, StateStore
+from sync_core.services.health import CachedVerdict, Check, HealthChecker
 from sync_core.services.intake import EventSink, WebhookIntake
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import PushService, StatusColumns
+from sync_core.services.worker import QueueWorker, poison_queue_name
 from sync_core.settings import Settings, load_settings
 from sync_core.spotler.client import SpotlerClient
 from sync_core.state.queue import EventQueue
+from sync_core.state.reports import TableReports
 from sync_core.state.tables import TableStateStore
+from sync_core.telemetry import configure_telemetry
 
 log = logging.getLogger("sync_core.runtime")
 
@@ -45,6 +50,12 @@ class Runtime:
     push: PushService
     pull: PullService
     clock: Callable[[], datetime] = utc_now
+    # Operations: the poison queue, the queue worker around the push, run history and read models, health.
+    poison: EventQueue | None = None
+    worker: QueueWorker | None = None
+    reports: TableReports | None = None
+    health_verdict: CachedVerdict = field(default_factory=CachedVerdict)
+    health_extra: dict[str, Callable[[], Awaitable[Check]]] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         for closer in (self.spotler.aclose, self.dataverse.aclose, self.state.aclose, self.queue.aclose):
@@ -52,6 +63,26 @@ class Runtime:
                 await closer()
             except Exception:
                 log.debug("close failed", exc_info=True)
+        for extra in (self.poison, self.reports):
+            if extra is not None:
+                try:
+                    await extra.aclose()
+                except Exception:
+                    log.debug("close failed", exc_info=True)
+
+    def health_checker(self) -> HealthChecker:
+        return HealthChecker(
+            state=self.state,
+            queue=self.queue if isinstance(self.queue, EventQueue) else None,
+            poison=self.poison,
+            spotler=self.spotler,
+            dataverse=self.dataverse,
+            mapping=self.mapping,
+            clock=self.clock,
+            max_delivery_attempts=self.settings.max_delivery_attempts,
+            host_max_dequeue_count=host_max_dequeue_count(),
+            extra=dict(self.health_extra),
+        )
 
 
 def load_mapping(settings: Settings) -> MappingConfig:
@@ -154,7 +185,45 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         mapping=mapping,
         app_user_id=settings.dataverse_app_user_id,
     )
-    return Runtime(settings, mapping, state, queue, spotler, dataverse, intake, push, pull, clock)
+    runtime = Runtime(settings, mapping, state, queue, spotler, dataverse, intake, push, pull, clock)
+    wire_operations(runtime)
+    return runtime
+
+
+HOST_JSON = Path(__file__).resolve().parents[2] / "host.json"
+
+
+def host_max_dequeue_count(path: Path = HOST_JSON) -> int | None:
+    """host.json `extensions.queues.maxDequeueCount` (the host's deliveries before its poison move), if set."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        value = document["extensions"]["queues"]["maxDequeueCount"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def wire_operations(runtime: Runtime) -> None:
+    """The poison queue, the queue worker, run history and read models, on the runtime's storage account."""
+    settings = runtime.settings
+    poison_name = poison_queue_name(settings.queue_name)
+    conn = settings.resolved_storage_connection_string
+    if conn is not None:
+        runtime.poison = EventQueue.from_connection_string(conn, poison_name)
+        runtime.reports = TableReports.from_connection_string(conn, prefix=settings.table_prefix)
+    elif settings.storage_account_name is not None:
+        credential = make_credential("default", client_id=settings.storage_client_id)
+        runtime.poison = EventQueue.from_account(settings.storage_account_name, credential, poison_name)
+        runtime.reports = TableReports.from_account(
+            settings.storage_account_name, credential, prefix=settings.table_prefix
+        )
+    runtime.worker = QueueWorker(
+        push=runtime.push,
+        state=runtime.state,
+        poison=runtime.poison,
+        max_attempts=settings.max_delivery_attempts,
+        clock=runtime.clock,
+    )
 
 
 _cache: dict[int, Runtime] = {}
@@ -167,6 +236,7 @@ def get_runtime(environ: dict[str, str] | None = None) -> Runtime:
     if runtime is None:
         runtime = build_runtime(load_settings(environ))
         _cache[loop_id] = runtime
+        configure_telemetry(runtime.settings)  # once per process; later calls change nothing
     return runtime
 
 

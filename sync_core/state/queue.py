@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import NamedTuple, Self
 
@@ -160,6 +161,12 @@ class EventQueue:
         properties = await self._client.get_queue_properties()
         return int(properties.approximate_message_count or 0)
 
+    async def oldest_age(self, now: datetime) -> float | None:
+        """Seconds since the oldest visible message was queued (None when none is visible)."""
+        messages = await self._client.peek_messages(max_messages=1)
+        inserted = messages[0].inserted_on if messages else None
+        return None if inserted is None else max(0.0, (now - inserted).total_seconds())
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -244,6 +251,10 @@ class InMemoryEventQueue:
 
     async def count(self) -> int:
         return len(self._messages)
+
+    async def oldest_age(self, now: datetime) -> float | None:
+        """No wall-clock insertion times in memory: the age is not known."""
+        return None
 
     def texts(self) -> list[str]:
         """Every message still in the queue, visible or not (for test assertions)."""

@@ -25,6 +25,12 @@ def test_every_function_is_indexed() -> None:
         "replay_dead_letter",
         "replay_dead_letters",
         "health",
+        "poison_worker",
+        "health_details_route",
+        "runs_route",
+        "records_route",
+        "ui_page",
+        "ui_replay",
     }
 
 
@@ -66,3 +72,23 @@ def test_operator_routes_need_a_function_key() -> None:
 def test_handlers_are_the_plain_functions_of_the_module() -> None:
     assert FUNCTIONS["dynamics_webhook"].get_user_function() is function_app.dynamics_webhook
     assert FUNCTIONS["spotler_pull"].get_user_function() is function_app.spotler_pull
+
+
+def test_poison_trigger_reads_the_hosts_poison_queue() -> None:
+    trigger = _bindings("poison_worker")[0]
+    assert trigger["type"] == "queueTrigger"
+    assert trigger["queueName"] == "%SYNC_QUEUE_NAME%-poison"
+    assert trigger["connection"] == "AzureWebJobsStorage"
+
+
+def test_operations_routes_need_a_function_key() -> None:
+    routes = {
+        "health_details_route": ("health/details", ["GET"]),
+        "runs_route": ("runs", ["GET"]),
+        "records_route": ("status", ["GET"]),
+        "ui_page": ("ui", ["GET"]),
+        "ui_replay": ("ui/deadletters/{entity}/{event_id}/replay", ["POST"]),
+    }
+    for name, (route, methods) in routes.items():
+        trigger = _bindings(name)[0]
+        assert (trigger["authLevel"], trigger["route"], trigger["methods"]) == ("FUNCTION", route, methods), name
