@@ -137,7 +137,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
     )
     intake = WebhookIntake(
         authenticator=WebhookAuthenticator(
-            settings.webhook_auth_mode, settings.webhook_secret.get_secret_value(), name=settings.webhook_auth_name
+            settings.webhook_auth_mode,
+            settings.webhook_secret.get_secret_value(),
+            name=settings.webhook_auth_name,
+            next_secret=settings.webhook_secret_next.get_secret_value() if settings.webhook_secret_next else None,
         ),
         sink=queue,
         max_bytes=settings.webhook_max_bytes,
