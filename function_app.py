@@ -10,6 +10,7 @@ import azure.functions as func
 
 from sync_core.event_codec import EventDecodeError, decode_event
 from sync_core.records import ENTITY_NAMES, as_entity
+from sync_core.services.config_gate import hold_event_if_misconfigured, mapping_health, pull_paused
 from sync_core.services.push import RetryLater
 from sync_core.services.runtime import describe, get_runtime
 from sync_core.services.status import dead_letter_view, record_status_view
@@ -48,6 +49,8 @@ async def push_worker(msg: func.QueueMessage) -> None:
     except (EventDecodeError, UnicodeDecodeError):
         log.error("undecodable queue message dropped", extra={"message_id": msg.id})
         return
+    if await hold_event_if_misconfigured(runtime, msg.get_body().decode("utf-8")):
+        return  # configuration_error: queued again for after the next mapping check; nothing written
     try:
         await runtime.push.handle(event, owner=msg.id or event.idempotency_key)
     except RetryLater as exc:
@@ -61,6 +64,8 @@ async def push_worker(msg: func.QueueMessage) -> None:
 async def spotler_pull(timer: func.TimerRequest) -> None:
     """Every 15 minutes: Spotler changes since the watermark to Dynamics, then due dead letters."""
     runtime = get_runtime()
+    if await pull_paused(runtime):
+        return  # configuration_error: the watermark stays until the mapping fits again
     report = await runtime.pull.run()
     log.info(
         "pull run finished",
@@ -126,6 +131,10 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
         await runtime.state.get_watermark("health-probe")
     except Exception:
         return _json(503, {"status": "unhealthy", "configuration": "ok", "storage": "unreachable"})
+    # The live mapping check (cached): a mapping that does not fit pauses push and pull.
+    mapping = await mapping_health(runtime)
+    if mapping.problems:
+        return _json(503, {"status": "configuration_error", "storage": "ok", "mapping": mapping.as_dict()})
     return _json(200, {"status": "healthy", "configuration": describe(runtime.settings), "storage": "ok"})
 
 

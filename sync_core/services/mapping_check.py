@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from sync_core.dataverse.metadata import AttributeInfo, AttributeSource
-from sync_core.mapping import EntityMapping, FieldMapping, MappingConfig
+from sync_core.mapping import EntityMapping, FieldMapping, MappingConfig, MappingError, default_mapping, parse_mapping
 from sync_core.records import ENTITY_NAMES, SpotlerProperty
 
 log = logging.getLogger("sync_core.mapping_check")
@@ -262,7 +263,7 @@ async def check_mapping_live(
         log.warning("mapping check: Spotler property list unavailable", extra={"error": type(exc).__name__})
         return MappingCheckResult(checked=False, error=f"Spotler property list unavailable: {type(exc).__name__}")
     try:
-        attributes = {entity: await dataverse.attributes(entity) for entity in entities}
+        attributes: dict[str, dict[str, AttributeInfo]] = {e: await dataverse.attributes(e) for e in entities}
     except Exception as exc:
         log.warning("mapping check: Dataverse metadata unavailable", extra={"error": type(exc).__name__})
         return MappingCheckResult(checked=False, error=f"Dataverse metadata unavailable: {type(exc).__name__}")
@@ -308,3 +309,21 @@ class MappingCheckCache:
 
     def invalidate(self) -> None:
         self._result = None
+
+
+def mapping_file_of(settings_value: Path | None) -> Path | None:
+    """The configured mapping file, or None for the shipped default (an empty setting counts as unset)."""
+    if settings_value is None or str(settings_value).strip() in ("", "."):
+        return None
+    return settings_value
+
+
+def load_mapping_file(path: Path | None) -> MappingConfig:
+    """Parse a mapping file (None: the shipped default); MappingError names the file's problem."""
+    if path is None:
+        return default_mapping()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"{path}: cannot read the mapping file ({exc.strerror or type(exc).__name__})") from None
+    return parse_mapping(text)
