@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sync_core.cli.app import app, run
-
 # Command groups register themselves on `app` when imported; add one import per group module here.
+import sync_core.cli.dataverse_setup
+import sync_core.cli.mapping_cmds  # noqa: F401
+from sync_core.cli.app import app, run
 
 __all__ = ["app", "main"]
 
