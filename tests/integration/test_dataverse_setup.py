@@ -52,7 +52,8 @@ async def test_setup_twice_leaves_one_endpoint_one_set_of_steps_and_images_and_e
         ):
             assert columns[name].type == kind
     assert len(first.changes) == 1 + 9 + 9 + 9
-    assert second.changes == [] and second.conflicts == []
+    assert second.changes == []
+    assert second.conflicts == []
     assert first.app_settings["DATAVERSE_STATUS_COLUMN"] == "sync_spotlerreason"
     assert first.app_settings["DATAVERSE_STATUS_DETAIL_COLUMN"] == "sync_spotlerdetail"
 
@@ -164,6 +165,7 @@ async def test_the_sandbox_rejects_images_dataverse_would_refuse(
         for s in dataverse_sandbox.sandbox.metadata.tables["sdkmessageprocessingsteps"].values()
         if s["name"].endswith("Create of contact")
     )
+    step_id = create_step["sdkmessageprocessingstepid"]
     async with httpx.AsyncClient() as http:
         response = await http.post(
             f"{dataverse_sandbox.api_url}/sdkmessageprocessingstepimages",
@@ -172,7 +174,7 @@ async def test_the_sandbox_rejects_images_dataverse_would_refuse(
                 "name": "Extra",
                 "entityalias": "Extra",
                 **body,
-                "sdkmessageprocessingstepid@odata.bind": f"/sdkmessageprocessingsteps({create_step['sdkmessageprocessingstepid']})",
+                "sdkmessageprocessingstepid@odata.bind": f"/sdkmessageprocessingsteps({step_id})",
             },
         )
     assert response.status_code == 400
@@ -197,12 +199,15 @@ async def test_live_check_names_a_misspelt_spotler_property_and_a_misspelt_datav
         good = await check_mapping_live(default_mapping(), spotler, DataverseMetadata(dataverse_client))
         bad = await check_mapping_live(parse_mapping(_misspelt()), spotler, DataverseMetadata(dataverse_client))
 
-    assert good.ok and good.status == "ok"
+    assert good.ok
+    assert good.status == "ok"
     assert bad.status == "configuration_error"
     lines = [p.line() for p in bad.problems]
     assert len(lines) == 2
-    assert "Spotler: property `firstNme` does not exist" in lines[0] and "`firstName`" in lines[0]
-    assert "Dataverse: column `lastnme` does not exist on contact" in lines[1] and "`lastname`" in lines[1]
+    assert "Spotler: property `firstNme` does not exist" in lines[0]
+    assert "`firstName`" in lines[0]
+    assert "Dataverse: column `lastnme` does not exist on contact" in lines[1]
+    assert "`lastname`" in lines[1]
 
 
 async def test_live_check_finds_wrong_types_missing_bits_and_read_only_columns(
