@@ -81,11 +81,11 @@ def validate(
         out.print_json(json.dumps(result.as_dict()))
     else:
         for problem in result.problems:
-            out.print(f"[red]✗[/] {problem.line()}", highlight=False)
+            out.print(f"[red]✗[/] {problem.line()}", highlight=False, soft_wrap=True)
         if result.ok:
             out.print("[green]✓[/] the mapping fits Spotler and Dataverse")
         elif not result.problems:
-            out.print(f"[yellow]![/] schema valid; {result.error}", highlight=False)
+            out.print(f"[yellow]![/] schema valid; {result.error}", highlight=False, soft_wrap=True)
     if result.problems or (not result.checked and not offline):
         raise typer.Exit(EXIT_FAILED)
 
@@ -113,7 +113,7 @@ def show(
             continue
         table = Table(title=f"{entity} (e-mail: {entity_mapping.email_attribute})")
         for column in ("Dataverse", "", "Spotler", "Type", "Blank", "Create only"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=True)
         for f in entity_mapping.fields:
             blank = f.blank or f"{default_blank} (default)"
             table.add_row(
