@@ -112,7 +112,10 @@ def show(
             out.print(f"{entity}: not synced")
             continue
         table = Table(title=f"{entity} (e-mail: {entity_mapping.email_attribute})")
-        for column in ("Dataverse", "", "Spotler", "Type", "Blank", "Create only"):
+        table.add_column("Dataverse")
+        table.add_column("", min_width=2, no_wrap=True)
+        table.add_column("Spotler")
+        for column in ("Type", "Blank", "Create only"):
             table.add_column(column, no_wrap=True)
         for f in entity_mapping.fields:
             blank = f.blank or f"{default_blank} (default)"
