@@ -149,6 +149,9 @@ param webhookPublicUrl string = ''
 @description('Mapping file deployed with the app, relative to the app root (MAPPING_FILE); empty: the shipped default.')
 param mappingFile string = ''
 
+@description('Mapping file in a blob of the storage account, as container/path.json (MAPPING_BLOB; wins over mappingFile); empty: not used.')
+param mappingBlob string = ''
+
 @description('Minutes the pull re-reads before the watermark (PULL_OVERLAP_MINUTES).')
 param pullOverlapMinutes int = 10
 
@@ -316,6 +319,8 @@ var appSettings = union({
   WEBHOOK_PUBLIC_URL: webhookPublicUrl
 }, empty(mappingFile) ? {} : {
   MAPPING_FILE: mappingFile
+}, empty(mappingBlob) ? {} : {
+  MAPPING_BLOB: mappingBlob
 }, webhookRotation ? {
   WEBHOOK_SECRET_NEXT: '@Microsoft.KeyVault(SecretUri=${secretsUri}webhook-secret-next/)'
 } : {}, dataverseAuth == 'client_secret' ? {

@@ -225,6 +225,13 @@ class Settings(BaseSettings):
         description="Automatic replays of a dead letter by the pull run before it waits for an operator "
         "(the delay doubles from 1 minute up to 6 hours: 12 replays span about a day).",
     )
+    mapping_blob: str | None = Field(
+        default=None,
+        validation_alias="MAPPING_BLOB",
+        pattern=r"^$|^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]/\S+$",
+        description="Mapping file read from a blob of the storage account, as `container/path.json` (wins over "
+        "MAPPING_FILE); change the mapping without a redeployment, then restart the app.",
+    )
     mapping_recheck_seconds: int = Field(
         default=60,
         ge=1,

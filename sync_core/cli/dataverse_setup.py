@@ -15,7 +15,7 @@ from sync_core.dataverse.metadata import DataverseMetadata
 from sync_core.errors import SyncError
 from sync_core.mapping import MappingError
 from sync_core.services.dataverse_setup import SetupOptions, SetupReport, dataverse_client, run_setup
-from sync_core.services.mapping_check import load_mapping_file, mapping_file_of
+from sync_core.services.mapping_check import configured_mapping
 from sync_core.settings import Settings
 
 dataverse_app = typer.Typer(help="The Dynamics side: webhook registration and status columns.", no_args_is_help=True)
@@ -81,7 +81,7 @@ def setup(
     settings = context(ctx).settings()
     options = _options(settings, url, prefix, next_secret)
     try:
-        mapping = load_mapping_file(mapping_file_of(settings.mapping_file))
+        mapping = configured_mapping(settings)
     except MappingError as exc:
         raise fail(str(exc)) from None
 

@@ -19,8 +19,8 @@ from sync_core.services.dataverse_setup import dataverse_client
 from sync_core.services.mapping_check import (
     MappingCheckResult,
     check_mapping_live,
+    configured_mapping,
     load_mapping_file,
-    mapping_file_of,
 )
 from sync_core.settings import Settings
 from sync_core.spotler.client import SpotlerClient
@@ -33,14 +33,17 @@ _ARROWS = {"to_spotler": "➡", "to_dynamics": "⬅", "both": "🔁"}
 
 FileArgument = Annotated[
     Path | None,
-    typer.Argument(help="Mapping file (default: MAPPING_FILE, else the shipped default).", dir_okay=False),
+    typer.Argument(
+        help="Mapping file (default: MAPPING_BLOB, MAPPING_FILE, else the shipped default).", dir_okay=False
+    ),
 ]
 
 
 def _load(settings: Settings | None, file: Path | None) -> MappingConfig:
-    chosen = file if file is not None else (mapping_file_of(settings.mapping_file) if settings else None)
     try:
-        return load_mapping_file(chosen)
+        if file is None and settings is not None:
+            return configured_mapping(settings)
+        return load_mapping_file(file)
     except MappingError as exc:
         raise fail(str(exc)) from None
 

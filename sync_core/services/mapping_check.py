@@ -20,6 +20,8 @@ from typing import Any, Literal, Protocol
 from sync_core.dataverse.metadata import AttributeInfo, AttributeSource
 from sync_core.mapping import EntityMapping, FieldMapping, MappingConfig, MappingError, default_mapping, parse_mapping
 from sync_core.records import ENTITY_NAMES, SpotlerProperty
+from sync_core.settings import Settings
+from sync_core.state.mapping_blob import read_mapping_blob
 
 log = logging.getLogger("sync_core.mapping_check")
 
@@ -327,3 +329,10 @@ def load_mapping_file(path: Path | None) -> MappingConfig:
     except OSError as exc:
         raise MappingError(f"{path}: cannot read the mapping file ({exc.strerror or type(exc).__name__})") from None
     return parse_mapping(text)
+
+
+def configured_mapping(settings: Settings) -> MappingConfig:
+    """The mapping the connector runs with: MAPPING_BLOB, else MAPPING_FILE, else the shipped default."""
+    if settings.mapping_blob:
+        return parse_mapping(read_mapping_blob(settings, settings.mapping_blob))
+    return load_mapping_file(mapping_file_of(settings.mapping_file))

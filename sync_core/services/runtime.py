@@ -21,6 +21,7 @@ from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import PushService, StatusColumns
 from sync_core.settings import Settings, load_settings
 from sync_core.spotler.client import SpotlerClient
+from sync_core.state.mapping_blob import read_mapping_blob
 from sync_core.state.queue import EventQueue
 from sync_core.state.tables import TableStateStore
 
@@ -55,6 +56,8 @@ class Runtime:
 
 
 def load_mapping(settings: Settings) -> MappingConfig:
+    if settings.mapping_blob:
+        return parse_mapping(read_mapping_blob(settings, settings.mapping_blob))
     if settings.mapping_file is None:
         return default_mapping()
     return parse_mapping(json.loads(settings.mapping_file.read_text(encoding="utf-8")))

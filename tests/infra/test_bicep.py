@@ -389,7 +389,7 @@ def test_every_setting_is_a_key_vault_reference_or_a_parameter_azd_env_set_gives
 
 
 def test_azd_defaults_are_the_settings_defaults(specs: list[typing.Any]) -> None:
-    defaults = {env: default for env, default in _azd_values().values()}
+    defaults = dict(_azd_values().values())
     mismatched = {
         s.env_name: (defaults[s.env_name], s.default)
         for s in specs
