@@ -14,7 +14,13 @@ from sync_core.cli.app import EXIT_FAILED, EXIT_REFUSED, app, context, fail
 from sync_core.dataverse.metadata import DataverseMetadata
 from sync_core.errors import SyncError
 from sync_core.mapping import MappingError
-from sync_core.services.dataverse_setup import SetupOptions, SetupReport, dataverse_client, run_setup
+from sync_core.services.dataverse_setup import (
+    SetupOptions,
+    SetupReport,
+    dataverse_client,
+    run_setup,
+    steps_markdown,
+)
 from sync_core.services.mapping_check import configured_mapping
 from sync_core.settings import Settings
 
@@ -99,3 +105,20 @@ def setup(
         _print(report)
     if report.conflicts:
         raise typer.Exit(EXIT_FAILED)
+
+
+@dataverse_app.command("steps")
+def steps(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Option(help="Publisher prefix of the status columns.")] = "sync",
+) -> None:
+    """Print, as Markdown, the steps, images and status columns `setup` registers for the configured mapping.
+
+    Example: python -m sync_core dataverse steps > steps.md
+    """
+    settings = context(ctx).settings()
+    try:
+        mapping = configured_mapping(settings)
+    except MappingError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(steps_markdown(mapping, prefix), nl=False)

@@ -409,3 +409,29 @@ def dataverse_client(settings: Settings) -> DataverseClient:
     return DataverseClient(
         base_url=settings.dataverse_url, credential=credential, timeout=settings.dataverse_timeout_seconds
     )
+
+
+def steps_markdown(mapping: MappingConfig, prefix: str = "sync") -> str:
+    """The steps, images and status columns `run_setup` registers, as Markdown (docs/dataverse.md embeds it)."""
+    lines = [
+        "| Table | Message | Stage, mode | Filtering attributes | Image (name = alias) |",
+        "|---|---|---|---|---|",
+    ]
+    for step in desired_steps(mapping):
+        filtering = ", ".join(f"`{c}`" for c in step.filtering_attributes) or "—"
+        image = f"{step.image.alias}: " + ", ".join(f"`{c}`" for c in step.image.attributes)
+        lines.append(f"| {step.entity} | {step.message} | post-operation (40), asynchronous | {filtering} | {image} |")
+    lines += [
+        "",
+        "| Status column (on every synced table) | Type | Display name (English / Dutch) | App setting |",
+        "|---|---|---|---|",
+    ]
+    for column in STATUS_COLUMNS:
+        kind = {
+            "choice": "choice (the reason codes)",
+            "string": f"text ({column.max_length})",
+            "datetime": "date and time",
+        }[column.kind]
+        setting = f"`{column.setting}`" if column.setting else "—"
+        lines.append(f"| `{column.logical_name(prefix)}` | {kind} | {column.english} / {column.dutch} | {setting} |")
+    return "\n".join(lines) + "\n"
