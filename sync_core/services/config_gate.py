@@ -13,6 +13,7 @@ fixed mapping file), both resume where they stopped.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Protocol, runtime_checkable
 
 from sync_core.dataverse.client import DataverseClient
@@ -23,7 +24,8 @@ from sync_core.services.runtime import Runtime
 
 log = logging.getLogger("sync_core.config_gate")
 
-_caches: dict[int, tuple[Runtime, MappingCheckCache]] = {}
+# One cache per live runtime (a runtime exists per event loop); entries of runtimes that are gone are dropped.
+_caches: dict[int, tuple[weakref.ref[Runtime], MappingCheckCache]] = {}
 
 
 @runtime_checkable
@@ -34,19 +36,20 @@ class DelayedSink(Protocol):
 def mapping_check_for(runtime: Runtime) -> MappingCheckCache:
     """The runtime's cached live check (one per runtime, made on first use)."""
     cached = _caches.get(id(runtime))
-    if cached is not None and cached[0] is runtime:
+    if cached is not None and cached[0]() is runtime:
         return cached[1]
-    dataverse = runtime.dataverse
+    dataverse, mapping, spotler = runtime.dataverse, runtime.mapping, runtime.spotler  # not the runtime itself
     source = DataverseMetadata(dataverse) if isinstance(dataverse, DataverseClient) else None
 
     async def check() -> MappingCheckResult:
         if source is None:
             return MappingCheckResult(checked=False, error="no Dataverse Web API client to read metadata with")
-        return await check_mapping_live(runtime.mapping, runtime.spotler, source)
+        return await check_mapping_live(mapping, spotler, source)
 
     cache = MappingCheckCache(check, recheck=float(runtime.settings.mapping_recheck_seconds))
-    _caches.clear()  # a new runtime replaces the old one (tests, configuration reloads)
-    _caches[id(runtime)] = (runtime, cache)
+    for key in [key for key, (ref, _) in _caches.items() if ref() is None]:
+        del _caches[key]
+    _caches[id(runtime)] = (weakref.ref(runtime), cache)
     return cache
 
 
