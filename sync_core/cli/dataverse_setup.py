@@ -64,7 +64,9 @@ def _print(report: SetupReport) -> None:
     out.print(table)
     verb = "would change" if report.dry_run else "changed"
     out.print(f"{len(report.changes)} {verb}, {len(report.conflicts)} conflicts.")
-    out.print("\nApp settings to set afterwards (azd env set NAME VALUE, or the Function App's configuration):")
+    out.print(
+        "\nApp settings to set afterwards (azd env set NAME VALUE, then azd provision; locally: local.settings.json):"
+    )
     for name, value in report.app_settings.items():
         out.print(f"  {name}={value}", highlight=False)
 

@@ -282,7 +282,9 @@ class _Run:
                 "eventhandler_serviceendpoint@odata.bind": f"/serviceendpoints({endpoint_id})",
             }
             target = f"{step.entity} {step.message}"
-            detail = f"async post-operation; filtering: {', '.join(step.filtering_attributes) or 'all columns'}"
+            detail = "async post-operation"
+            if step.filtering_attributes:
+                detail += f"; filtering: {', '.join(step.filtering_attributes)}"
             current = next(
                 (
                     row
