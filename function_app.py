@@ -12,7 +12,7 @@ from sync_core.event_codec import EventDecodeError, decode_event
 from sync_core.records import ENTITY_NAMES, as_entity
 from sync_core.services.config_gate import hold_event_if_misconfigured, mapping_health, pull_paused
 from sync_core.services.push import RetryLater
-from sync_core.services.runtime import describe, get_runtime
+from sync_core.services.runtime import Runtime, describe, get_runtime
 from sync_core.services.status import dead_letter_view, record_status_view
 from sync_core.settings import SettingsError
 
@@ -29,6 +29,14 @@ def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
 def _config_error(exc: SettingsError) -> func.HttpResponse:
     log.error("configuration invalid: %s", exc)
     return _json(500, {"error": "connector configuration is invalid; see the logs"})
+
+
+async def _configuration_error(runtime: Runtime) -> func.HttpResponse | None:
+    """503 while the mapping does not fit Spotler or Dataverse: replays wait like the push and the pull."""
+    mapping = await mapping_health(runtime)
+    if not mapping.problems:
+        return None
+    return _json(503, {"error": "configuration_error: the mapping does not fit", "mapping": mapping.as_dict()})
 
 
 async def dynamics_webhook(req: func.HttpRequest) -> func.HttpResponse:
@@ -103,6 +111,8 @@ async def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
 async def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Replay every dead letter now (after an outage); says how many were applied and how many remain."""
     runtime = get_runtime()
+    if (paused := await _configuration_error(runtime)) is not None:
+        return paused
     replayed, failed = await runtime.pull.replay_all()
     remaining = len(await runtime.state.list_dead_letters(limit=1000))
     return _json(200, {"replayed": replayed, "failed": failed, "remaining": remaining})
@@ -115,6 +125,8 @@ async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
     if entity is None:
         return _json(400, {"error": f"entity must be one of {', '.join(ENTITY_NAMES)}"})
     runtime = get_runtime()
+    if (paused := await _configuration_error(runtime)) is not None:
+        return paused
     if await runtime.state.get_dead_letter(entity, event_id) is None:
         return _json(404, {"error": "no such dead letter"})
     applied = await runtime.pull.replay(entity, event_id)

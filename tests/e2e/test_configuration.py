@@ -133,3 +133,29 @@ async def test_a_webhook_signed_with_the_next_secret_is_accepted_during_a_rotati
     assert upcoming.status_code == 202
     assert unknown.status_code == 401
     assert unknown.json() == {"status": "unauthorized"}
+
+
+async def test_a_missing_spotler_property_pauses_until_it_exists_then_the_next_check_resumes_without_a_restart(
+    connector_factory: ConnectorFactory, tmp_path: Path
+) -> None:
+    raw: dict[str, Any] = default_mapping().model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["entities"]["contact"]["fields"].append({"dataverse": "telephone1", "spotler": "mobilePhone"})
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps(raw), encoding="utf-8")
+    async with connector_factory(MAPPING_FILE=str(mapping), MAPPING_RECHECK_SECONDS="1") as connector:
+        record_id = connector.dataverse.sandbox.create("contact", {**ADA, "telephone1": "+31 6 1234 5678"})
+        await asyncio.to_thread(connector.dataverse.sandbox.drain, timeout=30.0)
+        assert await connector.host.run_queue_once() == (1, 0)
+        replay = await api(connector, "POST", "deadletters/replay")
+        assert replay.status_code == 503  # an operator's replay waits too
+        assert connector.spotler.store.contact(record_id) is None
+
+        connector.spotler.store.config.properties.append({"name": "mobilePhone", "type": "string"})
+        await asyncio.sleep(1.1)  # the next check is due
+        handled = await connector.host.run_queue(idle_rounds=2, poll_seconds=0.2)
+
+        assert handled == 1
+        contact = connector.spotler.store.contact(record_id)
+        assert contact is not None
+        assert contact["properties"]["mobilePhone"] == "+31 6 1234 5678"
+        assert (await api(connector, "GET", "health")).status_code == 200
