@@ -85,7 +85,7 @@ def synced_entities(mapping: MappingConfig) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class SetupOptions:
     webhook_url: str
-    secret: str
+    secret: str = field(repr=False)
     auth_mode: str = "webhook_key"
     auth_name: str = ""
     prefix: str = "sync"

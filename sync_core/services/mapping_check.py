@@ -231,11 +231,12 @@ def _check_entity(checker: _Checker, entity: str, mapping: EntityMapping, column
                 writes=p.direction.pulls,
                 wanted="a permission",
             )
-    for attribute, wanted in (
-        (mapping.donotemail_attribute, frozenset({"Boolean"})),
-        (mapping.donotbulkemail_attribute, frozenset({"Boolean"})),
-    ):
-        checker.dataverse_column(entity, attribute, columns, attribute, wanted, writes=False, wanted="consent")
+    # A permission mirrored from Do Not Bulk Email writes that column when it flows back from Spotler.
+    bulk_written = any(p.source == "not_donotbulkemail" and p.direction.pulls for p in mapping.permissions)
+    for attribute, writes in ((mapping.donotemail_attribute, False), (mapping.donotbulkemail_attribute, bulk_written)):
+        checker.dataverse_column(
+            entity, attribute, columns, attribute, frozenset({"Boolean"}), writes=writes, wanted="a consent column"
+        )
     for index, rule in enumerate(mapping.exclude):
         checker.dataverse_column(entity, f"exclude.{index}", columns, rule.attribute, None, writes=False)
 

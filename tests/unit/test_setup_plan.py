@@ -96,3 +96,21 @@ async def test_the_cache_asks_once_while_valid_and_again_after_the_recheck_inter
     now[0] = 3000.0
     assert (await cache.result()).ok
     assert len(calls) == 2
+
+
+def test_do_not_bulk_email_must_be_writable_when_the_newsletter_permission_flows_back() -> None:
+    columns = _columns(read_only=("donotbulkemail",))
+    attributes = {"contact": columns, "lead": _columns(), "account": _columns()}
+
+    lines = [p.line() for p in find_problems(default_mapping(), _properties(), attributes)]
+
+    assert lines == [
+        "contact donotbulkemail: Dataverse: column `donotbulkemail` is read-only, but the field writes it (⬅/🔁); "
+        "fix: make the field ➡ to_spotler, or map a writable column"
+    ]
+
+
+def test_setup_options_never_show_the_secret() -> None:
+    from sync_core.services.dataverse_setup import SetupOptions
+
+    assert "s3cr3t" not in repr(SetupOptions(webhook_url="https://x/api/dynamics/webhook", secret="s3cr3t"))
