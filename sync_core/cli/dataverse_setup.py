@@ -99,6 +99,8 @@ def setup(
 
     try:
         report = asyncio.run(go())
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_REFUSED) from None
     except SyncError as exc:
         raise fail(f"Dataverse: {exc}; check DATAVERSE_URL and the identity's security role") from None
     if as_json:

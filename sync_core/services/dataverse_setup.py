@@ -8,6 +8,7 @@ does it, in order: endpoint, steps, images, columns. Running it twice changes no
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,7 @@ IMAGE_TYPES = {"PreImage": 0, "PostImage": 1}
 MESSAGE_PROPERTY = {"Create": "Id", "Update": "Target", "Delete": "Target"}
 Message = Literal["Create", "Update", "Delete"]
 Action = Literal["create", "update", "delete", "none", "conflict"]
+PREFIX_RE = re.compile(r"[a-z][a-z0-9]{1,7}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +208,21 @@ class _Run:
         return action in ("create", "update", "delete") and not self.report.dry_run
 
     async def endpoint(self, options: SetupOptions) -> str | None:
-        rows = await self.admin.query(
-            "serviceendpoints",
-            filter_expr=f"name eq {_literal(ENDPOINT_NAME)} and contract eq 8",
-            select="serviceendpointid,name,url,authtype,contract",
+        webhooks = await self.admin.query(
+            "serviceendpoints", filter_expr="contract eq 8", select="serviceendpointid,name,url,authtype,contract"
         )
+        rows = [row for row in webhooks if row.get("name") == ENDPOINT_NAME]
+        wanted_url = options.webhook_url.split("?", 1)[0].rstrip("/").lower()
+        for other in webhooks:
+            other_url = str(other.get("url") or "").split("?", 1)[0].rstrip("/").lower()
+            if other.get("name") != ENDPOINT_NAME and other_url == wanted_url:
+                # A hand-made registration of the same connector: both would deliver every change.
+                self.note(
+                    "endpoint",
+                    str(other.get("name")),
+                    "conflict",
+                    "another webhook posts to the same URL; delete it (and its steps) in the Plug-in Registration Tool",
+                )
         body = {
             "name": ENDPOINT_NAME,
             "contract": 8,
@@ -382,6 +394,10 @@ async def run_setup(
     admin: DataverseMetadata, mapping: MappingConfig, options: SetupOptions, *, dry_run: bool
 ) -> SetupReport:
     """Plan (and unless `dry_run`, apply) the endpoint, steps, images and status columns."""
+    if not PREFIX_RE.fullmatch(options.prefix):
+        raise ValueError(
+            f"publisher prefix {options.prefix!r}: 2 to 8 lower-case letters or digits, starting with a letter"
+        )
     report = SetupReport(dry_run=dry_run)
     run = _Run(admin, report)
     endpoint_id = await run.endpoint(options)

@@ -234,3 +234,24 @@ async def test_live_check_finds_wrong_types_missing_bits_and_read_only_columns(
     assert "property `interests` has no bit 64" in text
     assert "permission bit 32 does not exist" in text
     assert "createdon" not in text  # a read-only column read for ➡ is fine
+
+
+async def test_a_hand_made_webhook_to_the_same_url_is_reported_as_a_conflict(
+    dataverse_sandbox: DataverseSandboxHandle, dataverse_client: DataverseClient
+) -> None:
+    admin = DataverseMetadata(dataverse_client)
+    await admin.create(
+        "serviceendpoints", {"name": "Spotler sync", "contract": 8, "authtype": 4, "url": URL, "authvalue": KEY}
+    )
+
+    report = await run_setup(admin, default_mapping(), _options(), dry_run=True)
+
+    assert [(i.kind, i.target) for i in report.conflicts] == [("endpoint", "Spotler sync")]
+
+
+async def test_a_bad_publisher_prefix_is_refused_before_anything_is_read(
+    dataverse_sandbox: DataverseSandboxHandle, dataverse_client: DataverseClient
+) -> None:
+    with pytest.raises(ValueError, match="publisher prefix"):
+        await run_setup(DataverseMetadata(dataverse_client), default_mapping(), _options(prefix="Sync_"), dry_run=True)
+    assert dataverse_sandbox.sandbox.request_count() == 0
