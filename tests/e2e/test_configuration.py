@@ -81,7 +81,9 @@ async def test_a_mapping_that_does_not_fit_pauses_push_and_pull_and_a_fixed_one_
     connector_factory: ConnectorFactory, tmp_path: Path
 ) -> None:
     bad = _misspelt_mapping(tmp_path / "mapping.json")
-    async with connector_factory(MAPPING_FILE=str(bad), MAPPING_RECHECK_SECONDS="1") as connector:
+    async with connector_factory(
+        MAPPING_FILE=str(bad), MAPPING_RECHECK_SECONDS="1", DATAVERSE_STATUS_COLUMN="sync_spotlerstatus"
+    ) as connector:
         health = await api(connector, "GET", "health")
         assert health.status_code == 503
         body = health.json()
@@ -103,6 +105,8 @@ async def test_a_mapping_that_does_not_fit_pauses_push_and_pull_and_a_fixed_one_
 
         assert connector.spotler.store.contact(record_id) is None
         assert spotler_writes(connector) == {}
+        app_user = connector.dataverse.app_user_id
+        assert [w for w in connector.dataverse.sandbox.writes if w.user_id == app_user] == []  # no status written
         assert connector.spotler.store.call_counts() == spotler_before  # the pull did not run
         assert await get_runtime().state.list_dead_letters(limit=10) == []
         assert await _queue_count(connector) == 1  # the event is still there
