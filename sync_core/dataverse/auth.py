@@ -12,6 +12,7 @@ from typing import Literal
 
 WebhookAuthMode = Literal["webhook_key", "http_header", "http_query_string"]
 
+UNRESOLVED_REFERENCE = "@Microsoft.KeyVault("
 _DEFAULT_NAMES: dict[str, str] = {
     "webhook_key": "code",
     "http_header": "x-sync-webhook-key",
@@ -39,7 +40,8 @@ class WebhookAuthenticator:
         self.mode: WebhookAuthMode = mode
         self.name = "code" if mode == "webhook_key" else (name or _DEFAULT_NAMES[mode])
         self._secrets = [secret.encode()]
-        if next_secret:
+        # An unresolved Key Vault reference arrives as its own text: that must never become a valid key.
+        if next_secret and not next_secret.startswith(UNRESOLVED_REFERENCE):
             self._secrets.append(next_secret.encode())
 
     def verify(self, query: Mapping[str, str], headers: Mapping[str, str]) -> bool:

@@ -96,3 +96,11 @@ def test_an_empty_next_secret_accepts_nothing_extra() -> None:
 
     assert auth.verify({}, {"x-key": ""}) is False
     assert auth.verify({}, {"x-key": SECRET}) is True
+
+
+def test_an_unresolved_key_vault_reference_as_next_secret_is_not_a_key() -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-secret-next/)"
+    auth = WebhookAuthenticator("webhook_key", SECRET, next_secret=reference)
+
+    assert auth.verify({"code": reference}, {}) is False
+    assert auth.verify({"code": SECRET}, {}) is True
