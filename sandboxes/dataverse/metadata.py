@@ -363,6 +363,9 @@ class MetadataRegistry:
         self.tables[entity_set][row_id] = row
 
     def _delete_row(self, entity_set: str, row_id: str) -> None:
+        steps = self.tables["sdkmessageprocessingsteps"].values()
+        if entity_set == "serviceendpoints" and any(s["_eventhandler_value"] == row_id for s in steps):
+            raise _bad("The service endpoint cannot be deleted while steps are registered on it.")
         if self.tables[entity_set].pop(row_id, None) is None:
             raise SandboxError(404, ERR_NOT_FOUND, f"{entity_set} With Id = {row_id} Does Not Exist")
         if entity_set == "sdkmessageprocessingsteps":  # images go with their step

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sync_core.dataverse import DataverseClient
+from sync_core.dataverse import DataverseClient, DataverseInvalidData
 from sync_core.dataverse.metadata import DataverseMetadata
 from sync_core.mapping import default_mapping, parse_mapping
 from sync_core.reasons import REASON_OPTION_VALUES
@@ -255,3 +255,30 @@ async def test_a_bad_publisher_prefix_is_refused_before_anything_is_read(
     with pytest.raises(ValueError, match="publisher prefix"):
         await run_setup(DataverseMetadata(dataverse_client), default_mapping(), _options(prefix="Sync_"), dry_run=True)
     assert dataverse_sandbox.sandbox.request_count() == 0
+
+
+async def test_a_disabled_step_sends_nothing_and_deleted_steps_take_their_images_and_deliveries_with_them(
+    dataverse_sandbox: DataverseSandboxHandle, dataverse_client: DataverseClient
+) -> None:
+    admin = DataverseMetadata(dataverse_client)
+    await run_setup(admin, default_mapping(), _options(), dry_run=False)
+    sandbox = dataverse_sandbox.sandbox
+    steps = sandbox.metadata.tables["sdkmessageprocessingsteps"].values()
+    update_step = next(s for s in steps if s["name"].endswith("Update of contact"))
+    await admin.update("sdkmessageprocessingsteps", update_step["sdkmessageprocessingstepid"], {"statecode": 1})
+
+    record_id = sandbox.create("contact", {"lastname": "Hopper", "emailaddress1": "grace@example.com"})
+    sandbox.edit("contact", record_id, {"jobtitle": "Admiral"})
+    await asyncio.to_thread(sandbox.drain, timeout=30.0)
+    assert [d.message for d in sandbox.deliveries()] == ["Create"]
+
+    endpoint_id = next(iter(sandbox.metadata.tables["serviceendpoints"]))
+    with pytest.raises(DataverseInvalidData, match="steps are registered"):
+        await admin.delete("serviceendpoints", endpoint_id)
+    for step_id in list(sandbox.metadata.tables["sdkmessageprocessingsteps"]):
+        await admin.delete("sdkmessageprocessingsteps", step_id)
+    sandbox.edit("contact", record_id, {"firstname": "Grace"})
+    sandbox.delete("contact", record_id)
+    await asyncio.to_thread(sandbox.drain, timeout=30.0)
+    assert [d.message for d in sandbox.deliveries()] == ["Create"]
+    assert sandbox.metadata.tables["sdkmessageprocessingstepimages"] == {}
