@@ -9,6 +9,7 @@ from typing import Any
 import azure.functions as func
 
 from sync_core.records import ENTITY_NAMES, as_entity
+from sync_core.services.config_gate import hold_event_if_misconfigured, mapping_health, pull_paused
 from sync_core.services.operations import (
     health_details,
     list_records,
@@ -19,7 +20,7 @@ from sync_core.services.operations import (
     sync_health_page,
 )
 from sync_core.services.operations import health_verdict as _health_verdict
-from sync_core.services.runtime import get_runtime
+from sync_core.services.runtime import Runtime, get_runtime
 from sync_core.services.status import dead_letter_view, record_status_view
 from sync_core.settings import SettingsError
 
@@ -38,6 +39,14 @@ def _config_error(exc: SettingsError) -> func.HttpResponse:
     return _json(500, {"error": "connector configuration is invalid; see the logs"})
 
 
+async def _configuration_error(runtime: Runtime) -> func.HttpResponse | None:
+    """503 while the mapping does not fit Spotler or Dataverse: replays wait like the push and the pull."""
+    mapping = await mapping_health(runtime)
+    if not mapping.problems:
+        return None
+    return _json(503, {"error": "configuration_error: the mapping does not fit", "mapping": mapping.as_dict()})
+
+
 async def dynamics_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Dataverse webhook: authenticate, parse, queue durably, answer 202 (or a clear 4xx)."""
     try:
@@ -51,6 +60,8 @@ async def dynamics_webhook(req: func.HttpRequest) -> func.HttpResponse:
 async def push_worker(msg: func.QueueMessage) -> None:
     """Apply one queued change to Spotler; failures retry, and on the last delivery every failure dead-letters."""
     runtime = get_runtime()
+    if await hold_event_if_misconfigured(runtime, msg.get_body().decode("utf-8", errors="replace")):
+        return  # configuration_error: queued again for after the next mapping check; nothing written
     assert runtime.worker is not None
     await runtime.worker.deliver(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count)
 
@@ -58,6 +69,8 @@ async def push_worker(msg: func.QueueMessage) -> None:
 async def spotler_pull(timer: func.TimerRequest) -> None:
     """Every 15 minutes: Spotler changes since the watermark to Dynamics, then due dead letters."""
     runtime = get_runtime()
+    if await pull_paused(runtime):
+        return  # configuration_error: the watermark stays until the mapping fits again
     report = await record_pull_run(runtime)
     log.info(
         "pull run finished",
@@ -95,6 +108,8 @@ async def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
 async def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Replay every dead letter now (after an outage); says how many were applied and how many remain."""
     runtime = get_runtime()
+    if (paused := await _configuration_error(runtime)) is not None:
+        return paused
     replayed, failed = await runtime.pull.replay_all()
     remaining = len(await runtime.state.list_dead_letters(limit=1000))
     return _json(200, {"replayed": replayed, "failed": failed, "remaining": remaining})
@@ -107,6 +122,8 @@ async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
     if entity is None:
         return _json(400, {"error": f"entity must be one of {', '.join(ENTITY_NAMES)}"})
     runtime = get_runtime()
+    if (paused := await _configuration_error(runtime)) is not None:
+        return paused
     if await runtime.state.get_dead_letter(entity, event_id) is None:
         return _json(404, {"error": "no such dead letter"})
     applied = await runtime.pull.replay(entity, event_id)

@@ -109,6 +109,100 @@ param alertEmail string = ''
 @maxValue(100)
 param alertFailureSharePercent int = 10
 
+// --- Every other connector setting (sync_core/settings.py) is a parameter too, so `azd env set <SETTING> <value>`
+// gives it and a later `azd provision` keeps it. main.parameters.json maps each to the azd environment value of
+// the same name; tests/infra/test_bicep.py keeps the two in step with the settings module.
+
+@description('Prefix of the state tables (SYNC_TABLE_PREFIX).')
+param tablePrefix string = 'sync'
+
+@description('Storage queue of accepted Dataverse events (SYNC_QUEUE_NAME).')
+param queueName string = 'dataverse-events'
+
+@description('Timeout of one Spotler call in seconds (SPOTLER_TIMEOUT_SECONDS).')
+param spotlerTimeoutSeconds string = '30.0'
+
+@description('Attempts per Spotler call (SPOTLER_MAX_ATTEMPTS).')
+param spotlerMaxAttempts int = 5
+
+@description('Column that receives the Spotler status reason (DATAVERSE_STATUS_COLUMN); `dataverse setup` prints it. Empty: not written.')
+param dataverseStatusColumn string = ''
+
+@description('Column that receives the status detail text (DATAVERSE_STATUS_DETAIL_COLUMN); empty: not written.')
+param dataverseStatusDetailColumn string = ''
+
+@description('How the status column holds the reason: choice option values or the code as text (DATAVERSE_STATUS_COLUMN_TYPE).')
+@allowed([
+  'choice'
+  'text'
+])
+param dataverseStatusColumnType string = 'choice'
+
+@description('Date-time column that receives when the record was last in sync (DATAVERSE_STATUS_SYNCED_ON_COLUMN); empty: not written.')
+param dataverseStatusSyncedOnColumn string = ''
+
+@description('What happens in Spotler when a synced record stops qualifying (ON_LEAVING_SCOPE).')
+@allowed([
+  'unsubscribe'
+  'anonymize'
+  'keep'
+])
+param onLeavingScope string = 'unsubscribe'
+
+@description('Timeout of one Dataverse call in seconds (DATAVERSE_TIMEOUT_SECONDS).')
+param dataverseTimeoutSeconds string = '30.0'
+
+@description('Authentication the Dataverse webhook registration uses (WEBHOOK_AUTH_MODE).')
+@allowed([
+  'webhook_key'
+  'http_header'
+  'http_query_string'
+])
+param webhookAuthMode string = 'webhook_key'
+
+@description('Header or query parameter name for http_header / http_query_string (WEBHOOK_AUTH_NAME).')
+param webhookAuthName string = 'x-spotler-sync-key'
+
+@description('Largest accepted webhook body in bytes (WEBHOOK_MAX_BYTES).')
+param webhookMaxBytes int = 1048576
+
+@description('During a webhook secret rotation: also accept the Key Vault secret webhook-secret-next (WEBHOOK_SECRET_NEXT).')
+param webhookRotation bool = false
+
+@description('The public webhook URL `dataverse setup` registers (WEBHOOK_PUBLIC_URL); empty: pass --url.')
+param webhookPublicUrl string = ''
+
+@description('Mapping file deployed with the app, relative to the app root (MAPPING_FILE); empty: the shipped default.')
+param mappingFile string = ''
+
+@description('Mapping file in a blob of the storage account, as container/path.json (MAPPING_BLOB; wins over mappingFile); empty: not used.')
+param mappingBlob string = ''
+
+@description('Minutes the pull re-reads before the watermark (PULL_OVERLAP_MINUTES).')
+param pullOverlapMinutes int = 10
+
+@description('Hours the first pull reads back (PULL_INITIAL_LOOKBACK_HOURS).')
+param pullInitialLookbackHours int = 24
+
+@description('Spotler feed page size (PULL_PAGE_SIZE).')
+param pullPageSize int = 500
+
+@description('How the pull pages Spotler\'s feed (PULL_FEED_PAGING).')
+@allowed([
+  'timestamp'
+  'offset'
+])
+param pullFeedPaging string = 'timestamp'
+
+@description('Queue deliveries of an event before it becomes a dead letter (MAX_DELIVERY_ATTEMPTS; match host.json).')
+param maxDeliveryAttempts int = 5
+
+@description('Automatic replays of a dead letter before it waits for an operator (DEAD_LETTER_MAX_REPLAYS).')
+param deadLetterMaxReplays int = 12
+
+@description('Seconds between live mapping checks while the mapping does not fit (MAPPING_RECHECK_SECONDS).')
+param mappingRecheckSeconds int = 60
+
 @description('Optional principal id (e.g. the user running azd) granted Key Vault Secrets Officer so it can set the secret values. Empty to skip.')
 param principalId string = ''
 
@@ -127,8 +221,6 @@ var allTags = union(tags, {
 })
 var functionAppName = '${abbrs.webSitesFunctions}sync-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
-var tablePrefix = 'sync'
-var queueName = 'dataverse-events'
 var stateTables = [
   'links'
   'watermarks'
@@ -238,17 +330,45 @@ var appSettings = union({
   DATAVERSE_AUTH: dataverseAuth
   DATAVERSE_TENANT_ID: !empty(dataverseTenantId) ? dataverseTenantId : tenant().tenantId
   DATAVERSE_CLIENT_ID: dataverseAuth == 'client_secret' ? dataverseClientId : identity.outputs.clientId
-  WEBHOOK_AUTH_MODE: 'webhook_key'
+  WEBHOOK_AUTH_MODE: webhookAuthMode
   WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${secretsUri}webhook-secret/)'
   SUPPRESSION_HASH_KEY: '@Microsoft.KeyVault(SecretUri=${secretsUri}suppression-hash-key/)'
   SYNC_TABLE_PREFIX: tablePrefix
   SYNC_QUEUE_NAME: queueName
   ANONYMIZE_ON_DEACTIVATE: anonymizeOnDeactivate ? 'true' : 'false'
+  ON_LEAVING_SCOPE: onLeavingScope
+  DATAVERSE_STATUS_COLUMN_TYPE: dataverseStatusColumnType
   PurgeExistingPropertiesWhenNotSet: purgeExistingPropertiesWhenNotSet ? 'true' : 'false'
   CONFLICT_WINNER: conflictWinner
+  SPOTLER_TIMEOUT_SECONDS: spotlerTimeoutSeconds
+  SPOTLER_MAX_ATTEMPTS: string(spotlerMaxAttempts)
+  DATAVERSE_TIMEOUT_SECONDS: dataverseTimeoutSeconds
+  WEBHOOK_AUTH_NAME: webhookAuthName
+  WEBHOOK_MAX_BYTES: string(webhookMaxBytes)
+  PULL_OVERLAP_MINUTES: string(pullOverlapMinutes)
+  PULL_INITIAL_LOOKBACK_HOURS: string(pullInitialLookbackHours)
+  PULL_PAGE_SIZE: string(pullPageSize)
+  PULL_FEED_PAGING: pullFeedPaging
+  MAX_DELIVERY_ATTEMPTS: string(maxDeliveryAttempts)
+  DEAD_LETTER_MAX_REPLAYS: string(deadLetterMaxReplays)
+  MAPPING_RECHECK_SECONDS: string(mappingRecheckSeconds)
 }, empty(dataverseAppUserId) ? {} : {
   DATAVERSE_APP_USER_ID: dataverseAppUserId
-}, dataverseAuth == 'client_secret' ? {
+}, empty(dataverseStatusColumn) ? {} : {
+  DATAVERSE_STATUS_COLUMN: dataverseStatusColumn
+}, empty(dataverseStatusDetailColumn) ? {} : {
+  DATAVERSE_STATUS_DETAIL_COLUMN: dataverseStatusDetailColumn
+}, empty(dataverseStatusSyncedOnColumn) ? {} : {
+  DATAVERSE_STATUS_SYNCED_ON_COLUMN: dataverseStatusSyncedOnColumn
+}, empty(webhookPublicUrl) ? {} : {
+  WEBHOOK_PUBLIC_URL: webhookPublicUrl
+}, empty(mappingFile) ? {} : {
+  MAPPING_FILE: mappingFile
+}, empty(mappingBlob) ? {} : {
+  MAPPING_BLOB: mappingBlob
+}, webhookRotation ? {
+  WEBHOOK_SECRET_NEXT: '@Microsoft.KeyVault(SecretUri=${secretsUri}webhook-secret-next/)'
+} : {}, dataverseAuth == 'client_secret' ? {
   DATAVERSE_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${secretsUri}dataverse-client-secret/)'
 } : {})
 

@@ -254,10 +254,12 @@ class LocalFunctionsHost:
         await function_app.spotler_pull(TimerRequest(past_due=False))
 
     def register_webhooks(self, dataverse: DataverseSandbox, *, key: str) -> None:
-        """Register the connector in the Dataverse sandbox as docs/deploy.md tells an operator to.
+        """Register the connector in the Dataverse sandbox directly, with the least a delivery needs.
 
         Create, Update and Delete steps per mapped table, Update filtered to the columns the mapping
-        watches, and a pre-image with the e-mail column so that a Delete can leave its tombstone.
+        watches, and a pre-image with the e-mail column so that a Delete can leave its tombstone. Without
+        post-images the push reads each row; `python -m sync_core dataverse setup` registers the full set
+        through the Web API (docs/dataverse.md).
         """
         runtime = get_runtime()
         for entity in ENTITY_NAMES:

@@ -162,6 +162,17 @@ class Settings(BaseSettings):
         validation_alias="WEBHOOK_MAX_BYTES",
         description="Largest accepted webhook body; larger ones get 413.",
     )
+    webhook_secret_next: SecretStr | None = Field(
+        default=None,
+        validation_alias="WEBHOOK_SECRET_NEXT",
+        description="During a rotation: the next webhook secret, accepted as well as WEBHOOK_SECRET (Key Vault).",
+    )
+    webhook_public_url: str | None = Field(
+        default=None,
+        validation_alias="WEBHOOK_PUBLIC_URL",
+        description="The connector's public webhook URL (https://<app>.azurewebsites.net/api/dynamics/webhook) "
+        "that `dataverse setup` registers.",
+    )
 
     # --- Sync behaviour
     mapping_file: Path | None = Field(
@@ -233,6 +244,21 @@ class Settings(BaseSettings):
         validation_alias="DEAD_LETTER_MAX_REPLAYS",
         description="Automatic replays of a dead letter by the pull run before it waits for an operator "
         "(the delay doubles from 1 minute up to 6 hours: 12 replays span about a day).",
+    )
+    mapping_blob: str | None = Field(
+        default=None,
+        validation_alias="MAPPING_BLOB",
+        pattern=r"^$|^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]/\S+$",
+        description="Mapping file read from a blob of the storage account, as `container/path.json` (wins over "
+        "MAPPING_FILE); change the mapping without a redeployment, then restart the app.",
+    )
+    mapping_recheck_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        validation_alias="MAPPING_RECHECK_SECONDS",
+        description="While the mapping does not fit Spotler or Dataverse (configuration_error), how often the "
+        "live check runs again; queued events wait this long before they are tried again.",
     )
 
     # --- Telemetry

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandboxes.dataverse.metadata import MetadataRegistry
 from sandboxes.dataverse.store import (
     APP_USER_ID,
     ERR_BAD_PROPERTY,
@@ -95,6 +96,7 @@ class DataverseSandbox:
         self.human_user_id = HUMAN_USER_ID
         self.store = DataverseStore(custom_columns=custom_columns)
         self.sender = WebhookSender(self.store, options=sender_options)
+        self.metadata = MetadataRegistry(self.store, self.sender)
         self.limits = Limits()
         self.faults: list[Fault] = []
         self.latency: dict[str, float] = {}
@@ -109,6 +111,7 @@ class DataverseSandbox:
         """Empty tables, no webhooks, deliveries, faults, limits or counts (custom columns stay)."""
         self.sender.reset()
         self.store.reset()
+        self.metadata.reset()
         with self._lock:
             self.limits = Limits()
             self.faults.clear()
@@ -361,6 +364,11 @@ class WebApi:
             return _json_result(
                 200, {"UserId": user_id, "BusinessUnitId": _SANDBOX_UNIT, "OrganizationId": _SANDBOX_ORG}
             )
+        if self.sandbox.metadata.handles(path):
+            status, meta_headers, document = self.sandbox.metadata.execute(method, path, query, body, root=root)
+            if document is None:
+                return OpResult(status, {"OData-Version": "4.0", **meta_headers})
+            return _json_result(status, document, meta_headers)
         match = _KEY_RE.match(path.strip("/"))
         if match is None:
             raise SandboxError(404, "0x8006088a", f"Resource not found for the segment '{path}'.")

@@ -264,11 +264,14 @@ class DataverseStore:
             self._version = 1000
             self._last_time: datetime | None = None
 
-    def add_column(self, entity: str, name: str, column_type: str, *, max_length: int | None = None) -> None:
-        """Add a custom column (kept across resets)."""
+    def add_column(
+        self, entity: str, name: str, column_type: str, *, max_length: int | None = None, keep: bool = True
+    ) -> None:
+        """Add a custom column (kept across resets unless `keep` is False, as for columns made over the Web API)."""
         with self._lock:
             self._add_column(entity, name, column_type, max_length)
-            self._custom.setdefault(entity, {})[name] = column_type
+            if keep:
+                self._custom.setdefault(entity, {})[name] = column_type
 
     def _add_column(self, entity: str, name: str, column_type: str, max_length: int | None = None) -> None:
         if column_type not in COLUMN_TYPES:

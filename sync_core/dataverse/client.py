@@ -224,6 +224,28 @@ class DataverseClient:
 
     # --- transport ----------------------------------------------------------------------------------
 
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One Web API request relative to the API root (metadata and registration rows), with the retries.
+
+        A JSON `body` is sent as `application/json`; an error status raises the typed error.
+        """
+        merged = dict(headers or {})
+        content = None
+        if body is not None:
+            content = _json_bytes(body)
+            merged.setdefault("Content-Type", "application/json; charset=utf-8")
+        return await self._request(
+            method, f"{self._api}/{path.lstrip('/')}", params=params, headers=merged, content=content
+        )
+
     async def _request(
         self,
         method: str,

@@ -104,7 +104,9 @@ class HealthChecker:
             _guarded("deadLetters", self._dead_letters),
             *(_guarded(name, probe) for name, probe in self.extra.items()),
         )
-        mapping = await _guarded("mapping", self._mapping) if checks[2].status == "healthy" else None
+        # A named "mapping" check (the full live check against both systems) replaces the built-in one.
+        builtin = "mapping" not in self.extra and checks[2].status == "healthy"
+        mapping = await _guarded("mapping", self._mapping) if builtin else None
         results = [*checks, *(c for c in (mapping,) if c is not None), self._delivery_attempts()]
         return HealthReport(worst([c.status for c in results]), tuple(results))
 

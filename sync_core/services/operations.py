@@ -10,8 +10,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from sync_core.reasons import ReasonCode
 from sync_core.records import as_entity
-from sync_core.services.health import Verdict
+from sync_core.services.config_gate import mapping_health
+from sync_core.services.health import Check, HealthChecker, Verdict
 from sync_core.services.overview import BadQuery, Overview, parse_limit, parse_reasons
 from sync_core.services.pull import PullReport
 from sync_core.services.runs import new_run_id, pull_run
@@ -30,15 +32,32 @@ NOTICES = {
 }
 
 
+async def configuration_check(runtime: Runtime) -> Check:
+    """The live mapping check (cached): a mapping that does not fit pauses push and pull (`configuration_error`)."""
+    result = await mapping_health(runtime)
+    data = {k: v for k, v in result.as_dict().items() if k != "status"}  # the check's own status says it
+    if result.problems:
+        detail = "configuration_error: the mapping does not fit Spotler or Dataverse; push and pull are paused"
+        return Check("mapping", "unhealthy", detail, {"reason": ReasonCode.CONFIGURATION_ERROR.value, **data})
+    if not result.checked:
+        return Check("mapping", "degraded", f"the mapping could not be checked: {result.error}", data)
+    return Check("mapping", "healthy", "the mapping fits Spotler and Dataverse", data)
+
+
+def _checker(runtime: Runtime) -> HealthChecker:
+    runtime.health_extra.setdefault("mapping", lambda: configuration_check(runtime))
+    return runtime.health_checker()
+
+
 def health_verdict(runtime: Runtime) -> Callable[[], Awaitable[Verdict]]:
     async def compute() -> Verdict:
-        return (await runtime.health_checker().run()).status
+        return (await _checker(runtime).run()).status
 
     return compute
 
 
 async def health_details(runtime: Runtime) -> tuple[int, dict[str, Any]]:
-    report = await runtime.health_checker().run()
+    report = await _checker(runtime).run()
     return (503 if report.status == "unhealthy" else 200), report.view()
 
 

@@ -24,6 +24,7 @@ from sync_core.services.push import PushService, StatusColumns
 from sync_core.services.worker import QueueWorker, poison_queue_name
 from sync_core.settings import Settings, load_settings
 from sync_core.spotler.client import SpotlerClient
+from sync_core.state.mapping_blob import read_mapping_blob
 from sync_core.state.queue import EventQueue
 from sync_core.state.reports import TableReports
 from sync_core.state.tables import TableStateStore
@@ -86,6 +87,8 @@ class Runtime:
 
 
 def load_mapping(settings: Settings) -> MappingConfig:
+    if settings.mapping_blob:
+        return parse_mapping(read_mapping_blob(settings, settings.mapping_blob))
     if settings.mapping_file is None:
         return default_mapping()
     return parse_mapping(json.loads(settings.mapping_file.read_text(encoding="utf-8")))
@@ -178,7 +181,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
     )
     intake = WebhookIntake(
         authenticator=WebhookAuthenticator(
-            settings.webhook_auth_mode, settings.webhook_secret.get_secret_value(), name=settings.webhook_auth_name
+            settings.webhook_auth_mode,
+            settings.webhook_secret.get_secret_value(),
+            name=settings.webhook_auth_name,
+            next_secret=settings.webhook_secret_next.get_secret_value() if settings.webhook_secret_next else None,
         ),
         sink=queue,
         max_bytes=settings.webhook_max_bytes,

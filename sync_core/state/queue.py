@@ -120,6 +120,12 @@ class EventQueue:
         sent = await self._client.send_message(message)
         return str(sent.id)
 
+    async def send_later(self, message: str, delay_seconds: int) -> str:
+        """Enqueue `message` invisible for `delay_seconds` (a fresh message: its dequeue count starts at 0)."""
+        check_message_size(message)
+        sent = await self._client.send_message(message, visibility_timeout=max(0, delay_seconds))
+        return str(sent.id)
+
     async def peek(self, max_messages: int = 1) -> list[str]:
         """The texts of up to `max_messages` visible messages, without receiving them."""
         messages = await self._client.peek_messages(max_messages=_batch_size(max_messages))
@@ -212,6 +218,12 @@ class InMemoryEventQueue:
         check_message_size(message)
         message_id = f"{next(self._ids):08d}-{uuid.uuid4()}"
         self._messages.append(_Message(id=message_id, text=message, visible_at=self._clock()))
+        return message_id
+
+    async def send_later(self, message: str, delay_seconds: int) -> str:
+        check_message_size(message)
+        message_id = f"{next(self._ids):08d}-{uuid.uuid4()}"
+        self._messages.append(_Message(id=message_id, text=message, visible_at=self._clock() + max(0, delay_seconds)))
         return message_id
 
     def _visible(self) -> list[_Message]:

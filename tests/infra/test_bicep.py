@@ -35,8 +35,14 @@ HOST_SETTINGS = {
 }
 # Known to the settings module, but never to be set in Azure: storage is identity-based, and the static
 # Dataverse token exists for the local sandbox only.
-NEVER_IN_AZURE = {"AzureWebJobsStorage", "DATAVERSE_STATIC_TOKEN"}
-KEY_VAULT_SECRETS = {"spotler-consumer-secret", "dataverse-client-secret", "webhook-secret", "suppression-hash-key"}
+NEVER_IN_AZURE = {"AzureWebJobsStorage", "DATAVERSE_STATIC_TOKEN", "SYNC_TELEMETRY_CONSOLE"}
+KEY_VAULT_SECRETS = {
+    "spotler-consumer-secret",
+    "dataverse-client-secret",
+    "webhook-secret",
+    "webhook-secret-next",
+    "suppression-hash-key",
+}
 KEY_VAULT_REFERENCE = re.compile(r"^'@Microsoft\.KeyVault\(SecretUri=\$\{secretsUri\}([a-z0-9-]+)/\)'$")
 
 
@@ -156,6 +162,8 @@ SECRET_PATTERNS = {
 }
 # Long tokens mixing upper case, lower case and digits look like keys (role-definition GUIDs are lower-case).
 URL = re.compile(r"https?://[^\s'\"]+")
+# `${SETTING_NAME=default}` in main.parameters.json: the name of an azd environment value, not a token.
+AZD_VARIABLE = re.compile(r"\$\{[A-Za-z_]+=")
 HIGH_ENTROPY = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/_=-]{32,}(?![\w+/=-])")
 
 
@@ -173,7 +181,7 @@ def test_no_key_like_tokens_in_infra() -> None:
     hits = [
         f"{path.relative_to(REPO_ROOT)}: {token}"
         for path, text in _infra_texts()
-        for token in HIGH_ENTROPY.findall(URL.sub(" ", text))
+        for token in HIGH_ENTROPY.findall(AZD_VARIABLE.sub("${", URL.sub(" ", text)))
         if re.search(r"[A-Z]", token) and re.search(r"[a-z]", token) and re.search(r"\d", token)
     ]
     assert hits == []
@@ -346,3 +354,45 @@ def test_parameters_file_only_names_declared_parameters() -> None:
     assert sorted(set(values) - set(_main_parameters())) == []
     assert values["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert values["location"]["value"] == "${AZURE_LOCATION}"
+
+
+# --- 5. every setting is a parameter `azd env set` can give (secrets: Key Vault references)
+
+
+def _azd_values() -> dict[str, tuple[str, str]]:
+    """main.bicep parameter -> (the azd environment value that gives it, its default) from main.parameters.json."""
+    values = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    found: dict[str, tuple[str, str]] = {}
+    for param, entry in values.items():
+        match = re.fullmatch(r"\$\{(\w+)(?:=([^}]*))?\}", str(entry.get("value")))
+        if match:
+            found[param] = (match.group(1), match.group(2) or "")
+    return found
+
+
+def test_every_setting_is_a_key_vault_reference_or_a_parameter_azd_env_set_gives(specs: list[typing.Any]) -> None:
+    bicep, params, azd = bicep_app_settings(), set(_main_parameters()), _azd_values()
+    problems = []
+    for spec in specs:
+        name = spec.env_name
+        if name in NEVER_IN_AZURE or name in HOST_SETTINGS:
+            continue
+        value = bicep.get(name)
+        if value is None:
+            problems.append(f"{name}: not an app setting of main.bicep")
+        elif spec.secret:
+            if not KEY_VAULT_REFERENCE.match(value):
+                problems.append(f"{name}: a secret, but not a Key Vault reference")
+        elif not any(azd.get(p, ("", ""))[0] == name for p in re.findall(r"\b[A-Za-z_]\w*\b", value) if p in params):
+            problems.append(f"{name}: no main.bicep parameter that `azd env set {name} …` gives")
+    assert problems == []
+
+
+def test_azd_defaults_are_the_settings_defaults(specs: list[typing.Any]) -> None:
+    defaults = dict(_azd_values().values())
+    mismatched = {
+        s.env_name: (defaults[s.env_name], s.default)
+        for s in specs
+        if s.env_name in defaults and defaults[s.env_name] != s.default
+    }
+    assert mismatched == {}

@@ -80,3 +80,27 @@ def test_the_secret_never_appears_in_the_repr() -> None:
 def test_invalid_configuration_is_refused(mode: str, secret: str, name: str | None) -> None:
     with pytest.raises(ValueError, match=r"mode|secret|name"):
         WebhookAuthenticator(mode, secret, name=name)  # type: ignore[arg-type]
+
+
+def test_during_a_rotation_the_current_and_the_next_secret_are_both_accepted() -> None:
+    auth = WebhookAuthenticator("webhook_key", SECRET, next_secret="the-next-key")
+
+    assert auth.verify({"code": SECRET}, {}) is True
+    assert auth.verify({"code": "the-next-key"}, {}) is True
+    assert auth.verify({"code": "an-old-key"}, {}) is False
+    assert auth.verify({}, {}) is False
+
+
+def test_an_empty_next_secret_accepts_nothing_extra() -> None:
+    auth = WebhookAuthenticator("http_header", SECRET, name="x-key", next_secret="")
+
+    assert auth.verify({}, {"x-key": ""}) is False
+    assert auth.verify({}, {"x-key": SECRET}) is True
+
+
+def test_an_unresolved_key_vault_reference_as_next_secret_is_not_a_key() -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-secret-next/)"
+    auth = WebhookAuthenticator("webhook_key", SECRET, next_secret=reference)
+
+    assert auth.verify({"code": reference}, {}) is False
+    assert auth.verify({"code": SECRET}, {}) is True
