@@ -15,7 +15,7 @@ from sync_core.cli.app import EXIT_FAILED, app, context, fail
 from sync_core.dataverse.metadata import DataverseMetadata
 from sync_core.mapping import MappingConfig, MappingError
 from sync_core.records import ENTITY_NAMES
-from sync_core.services.dataverse_setup import dataverse_client
+from sync_core.services.clients import dataverse_client, spotler_client
 from sync_core.services.mapping_check import (
     MappingCheckResult,
     check_mapping_live,
@@ -23,7 +23,6 @@ from sync_core.services.mapping_check import (
     load_mapping_file,
 )
 from sync_core.settings import Settings
-from sync_core.spotler.client import SpotlerClient
 
 mapping_app = typer.Typer(help="The field mapping: check it against both systems, or print it.", no_args_is_help=True)
 app.add_typer(mapping_app, name="mapping")
@@ -50,14 +49,7 @@ def _load(settings: Settings | None, file: Path | None) -> MappingConfig:
 
 async def _live(settings: Settings, mapping: MappingConfig) -> MappingCheckResult:
     async with (
-        SpotlerClient(
-            base_url=settings.spotler_base_url,
-            consumer_key=settings.spotler_consumer_key,
-            consumer_secret=settings.spotler_consumer_secret,
-            path_prefix=settings.spotler_path_prefix,
-            timeout=settings.spotler_timeout_seconds,
-            max_attempts=settings.spotler_max_attempts,
-        ) as spotler,
+        spotler_client(settings) as spotler,
         dataverse_client(settings) as dataverse,
     ):
         return await check_mapping_live(mapping, spotler, DataverseMetadata(dataverse))

@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
-from sync_core.dataverse.client import DataverseClient
-from sync_core.dataverse.credentials import make_credential
 from sync_core.dataverse.metadata import AttributeInfo, DataverseMetadata
 from sync_core.mapping import MappingConfig
 from sync_core.reasons import REASON_OPTION_VALUES
 from sync_core.records import ENTITY_NAMES
-from sync_core.settings import Settings
 from sync_core.status_columns import ATTRIBUTE_TYPES, DUTCH, ENGLISH, REASON_LABELS, STATUS_COLUMNS, StatusColumn
 
 log = logging.getLogger("sync_core.dataverse_setup")
@@ -414,20 +411,6 @@ async def run_setup(
         extra={"dry_run": dry_run, "changes": len(report.changes), "conflicts": len(report.conflicts)},
     )
     return report
-
-
-def dataverse_client(settings: Settings) -> DataverseClient:
-    """A Web API client from the settings (the same identity the connector uses)."""
-    credential = make_credential(
-        settings.dataverse_auth,
-        tenant_id=settings.dataverse_tenant_id,
-        client_id=settings.dataverse_client_id,
-        client_secret=settings.dataverse_client_secret.get_secret_value() if settings.dataverse_client_secret else None,
-        token=settings.dataverse_static_token.get_secret_value() if settings.dataverse_static_token else None,
-    )
-    return DataverseClient(
-        base_url=settings.dataverse_url, credential=credential, timeout=settings.dataverse_timeout_seconds
-    )
 
 
 def steps_markdown(mapping: MappingConfig, prefix: str = "sync") -> str:

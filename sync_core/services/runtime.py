@@ -12,18 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from sync_core.dataverse.auth import WebhookAuthenticator
-from sync_core.dataverse.client import DataverseClient
 from sync_core.dataverse.credentials import make_credential
 from sync_core.mapping import MappingConfig, default_mapping, parse_mapping
 from sync_core.plan import PushOptions
 from sync_core.ports import DataverseGateway, SpotlerGateway, StateStore
+from sync_core.services.clients import dataverse_client, spotler_client
 from sync_core.services.health import CachedVerdict, Check, HealthChecker
 from sync_core.services.intake import EventSink, WebhookIntake
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import PushService, StatusColumns
 from sync_core.services.worker import QueueWorker, poison_queue_name
 from sync_core.settings import Settings, load_settings
-from sync_core.spotler.client import SpotlerClient
 from sync_core.state.mapping_blob import read_mapping_blob
 from sync_core.state.queue import EventQueue
 from sync_core.state.reports import TableReports
@@ -129,27 +128,8 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
             settings.storage_account_name, storage_credential, prefix=settings.table_prefix
         )
         queue = EventQueue.from_account(settings.storage_account_name, storage_credential, settings.queue_name)
-    spotler = SpotlerClient(
-        base_url=settings.spotler_base_url,
-        consumer_key=settings.spotler_consumer_key,
-        consumer_secret=settings.spotler_consumer_secret,
-        path_prefix=settings.spotler_path_prefix,
-        timeout=settings.spotler_timeout_seconds,
-        max_attempts=settings.spotler_max_attempts,
-    )
-    credential = make_credential(
-        settings.dataverse_auth,
-        tenant_id=settings.dataverse_tenant_id,
-        client_id=settings.dataverse_client_id,
-        client_secret=settings.dataverse_client_secret.get_secret_value() if settings.dataverse_client_secret else None,
-        token=settings.dataverse_static_token.get_secret_value() if settings.dataverse_static_token else None,
-    )
-    dataverse = DataverseClient(
-        base_url=settings.dataverse_url,
-        credential=credential,
-        timeout=settings.dataverse_timeout_seconds,
-        multi_select_columns=mapping.multi_select_columns(),
-    )
+    spotler = spotler_client(settings)
+    dataverse = dataverse_client(settings, multi_select_columns=mapping.multi_select_columns())
     options = push_options(settings)
     push = PushService(
         state=state,
