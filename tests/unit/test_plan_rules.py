@@ -1,0 +1,313 @@
+"""The push decision, rule by rule: what each plan remembers, and rules that must not stop the ones after them.
+
+Each test builds its links, contacts and mapping by hand; field and peer order matters where a rule must not
+cut the loop short.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sync_core.convert import value_hash
+from sync_core.mapping import EntityMapping
+from sync_core.plan import PushAction, PushPlan, explicit_opt_in, plan_push
+from sync_core.reasons import ReasonCode
+from sync_core.records import ChangeKind, SpotlerContact
+from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from tests.unit.domain_builders import KEY, T0, hashed, options, push_input
+
+SOON = T0 + timedelta(hours=1)
+LATER = T0 + timedelta(hours=2)
+ADA = "ada@example.com"
+EMAIL = {"dataverse": "emailaddress1", "spotler": "email", "type": "email", "direction": "to_spotler"}
+FIRST = {"dataverse": "firstname", "spotler": "firstName", "direction": "both"}
+LAST = {"dataverse": "lastname", "spotler": "lastName", "direction": "both"}
+JOB = {"dataverse": "jobtitle", "spotler": "jobTitle", "direction": "to_spotler"}
+BIT1 = {"bit": 1, "source": "not_donotbulkemail", "direction": "both"}
+BIT2 = {"bit": 2, "dataverse": "new_newsletter", "direction": "both"}
+
+
+def mapping(*fields: dict[str, Any], permissions: tuple[dict[str, Any], ...] = (BIT1,)) -> EntityMapping:
+    return EntityMapping.model_validate({"fields": [EMAIL, *fields], "permissions": list(permissions)})
+
+
+def h(value: Any) -> str:
+    return value_hash(KEY, value)
+
+
+def attrs(**kw: Any) -> dict[str, Any]:
+    return {"emailaddress1": ADA, "donotemail": False, "donotbulkemail": False, "statecode": 0, **kw}
+
+
+def link(base: dict[str, str] | None = None, **kw: Any) -> LinkState:
+    kw.setdefault("email_hash", hashed(ADA))
+    return LinkState("contact", "c-1", "c-1", base=base or {}, **kw)
+
+
+def contact(props: dict[str, Any] | None = None, perms: dict[int, bool] | None = None, **kw: Any) -> SpotlerContact:
+    kw.setdefault("channels", {"EMAIL": True})
+    return SpotlerContact("c-1", {"email": ADA, **(props or {})}, perms if perms is not None else {1: True}, **kw)
+
+
+def push(m: EntityMapping, **kw: Any) -> PushPlan:
+    opts = {k: kw.pop(k) for k in ("conflict_winner", "purge_when_not_set", "anonymize_on_deactivate") if k in kw}
+    values = kw.pop("values", attrs())
+    return plan_push(push_input(values, **kw), m, options(**opts))
+
+
+# --- what a plan remembers -------------------------------------------------------------------------------------------
+
+
+def test_a_skip_records_its_reason_and_clears_the_retry_state() -> None:
+    failing = link(failures=3, next_retry=SOON, reason=ReasonCode.TRANSIENT_ERROR, detail="boom", dv_version=4)
+    plan = push(mapping(), values=attrs(emailaddress1="nope"), link=failing, spotler=contact(), version=None)
+    assert (plan.action, plan.reason, plan.external_id) == (PushAction.NONE, ReasonCode.NO_VALID_EMAIL, "c-1")
+    assert plan.link is not None
+    assert (plan.link.reason, plan.link.detail) == (ReasonCode.NO_VALID_EMAIL, "no valid e-mail address")
+    assert (plan.link.failures, plan.link.next_retry, plan.link.last_attempt) == (0, None, T0 + timedelta(hours=1))
+    assert plan.link.dv_version == 4
+
+
+def test_an_update_records_the_event_order_without_moving_back_and_clears_the_retry_state() -> None:
+    m = mapping(JOB)
+    old = link({"jobTitle": h("A")}, dv_version=5, dv_modified_on=SOON, failures=2, next_retry=LATER)
+    plan = push(m, values=attrs(jobtitle="B"), link=old, spotler=contact({"jobTitle": "A"}), version=None)
+    assert plan.link is not None
+    assert (plan.link.dv_version, plan.link.dv_modified_on, plan.link.last_attempt) == (
+        5,
+        SOON,
+        T0 + timedelta(hours=1),
+    )
+    assert (plan.link.failures, plan.link.next_retry, plan.link.reason) == (0, None, ReasonCode.UPDATED)
+    newer = push(
+        m, values=attrs(jobtitle="B"), link=old, spotler=contact({"jobTitle": "A"}), version=6, modified_on=LATER
+    )
+    assert newer.link is not None
+    assert (newer.link.dv_version, newer.link.dv_modified_on) == (6, LATER)
+
+
+def test_stale_and_never_synced_deletes_leave_no_status() -> None:
+    stale = push(mapping(), link=link(dv_version=9), spotler=contact(), version=3)
+    assert (stale.action, stale.reason, stale.detail, stale.record_status) == (
+        PushAction.NONE,
+        ReasonCode.SYNCED,
+        "stale event ignored",
+        False,
+    )
+    gone = push(mapping(), values=None, kind=ChangeKind.DELETE)
+    assert (gone.action, gone.reason, gone.detail, gone.record_status, gone.link) == (
+        PushAction.NONE,
+        ReasonCode.SYNCED,
+        "deleted; never synced",
+        False,
+        None,
+    )
+
+
+# --- anonymizing -----------------------------------------------------------------------------------------------------
+
+
+def test_anonymizing_without_a_link_remembers_the_row_and_its_address() -> None:
+    plan = push(mapping(), values=attrs(donotemail=True), spotler=contact(), changed={"donotemail"})
+    assert (plan.action, plan.reason, plan.detail, plan.external_id) == (
+        PushAction.ANONYMIZE,
+        ReasonCode.ANONYMIZED,
+        "Do Not Email is set",
+        "c-1",
+    )
+    assert plan.link is not None
+    assert (plan.link.entity, plan.link.record_id, plan.link.external_id) == ("contact", "c-1", "c-1")
+    assert (plan.link.email_hash, plan.link.anonymized, plan.link.detail) == (hashed(ADA), True, "Do Not Email is set")
+    assert plan.suppress == Suppression(
+        hashed(ADA), SuppressionCause.OPTED_OUT, "contact", "c-1", T0 + timedelta(hours=1)
+    )
+
+
+def test_anonymizing_keeps_the_known_address_when_the_row_has_none_and_prefers_the_rows_own() -> None:
+    known = link(failures=2, next_retry=SOON, email_hash=hashed("old@example.org"))
+    plan = push(mapping(), values=attrs(emailaddress1=None, donotemail=True), link=known, spotler=contact())
+    assert plan.link is not None
+    assert (plan.link.email_hash, plan.link.failures, plan.link.next_retry) == (hashed("old@example.org"), 0, None)
+    assert plan.suppress is not None
+    assert plan.suppress.email_hash == hashed("old@example.org")
+    moved = push(
+        mapping(), values=attrs(emailaddress1="new@example.org", donotemail=True), link=known, spotler=contact()
+    )
+    assert moved.link is not None
+    assert moved.link.email_hash == hashed("new@example.org")
+
+
+def test_a_contact_already_anonymized_or_gone_is_not_anonymized_again() -> None:
+    done = push(mapping(), values=attrs(donotemail=True), link=link(anonymized=True), spotler=contact())
+    assert (done.action, done.reason) == (PushAction.NONE, ReasonCode.ANONYMIZED)
+    gone = push(mapping(), values=attrs(donotemail=True), link=link(), spotler=None)
+    assert (gone.action, gone.reason) == (PushAction.NONE, ReasonCode.ANONYMIZED)
+    assert gone.link is not None
+    assert gone.link.anonymized
+    assert gone.suppress is not None
+
+
+def test_delete_without_any_known_address_leaves_no_tombstone() -> None:
+    plan = push(mapping(), values=None, kind=ChangeKind.DELETE, spotler=SpotlerContact("c-1", {}, {1: True}))
+    assert (plan.action, plan.suppress) == (PushAction.ANONYMIZE, None)
+
+
+def test_delete_tombstones_the_links_address_before_the_pre_image_and_spotler() -> None:
+    elsewhere = contact({"email": "spotler@example.org"})
+    by_link = push(
+        mapping(),
+        values=attrs(emailaddress1="image@example.org"),
+        kind=ChangeKind.DELETE,
+        link=link(email_hash=hashed("link@example.org")),
+        spotler=elsewhere,
+    )
+    assert by_link.suppress is not None
+    assert by_link.suppress.email_hash == hashed("link@example.org")
+    by_image = push(
+        mapping(), values=attrs(emailaddress1="image@example.org"), kind=ChangeKind.DELETE, spotler=elsewhere
+    )
+    assert by_image.suppress is not None
+    assert by_image.suppress.email_hash == hashed("image@example.org")
+
+
+def test_delete_of_an_unlinked_row_whose_contact_another_row_uses_keeps_it() -> None:
+    peer = LinkState("lead", "l-1", "c-1")
+    plan = push(mapping(), values=None, kind=ChangeKind.DELETE, spotler=contact(), peers=[peer])
+    assert (plan.action, plan.reason, plan.external_id, plan.link, plan.suppress) == (
+        PushAction.NONE,
+        ReasonCode.SYNCED,
+        "c-1",
+        None,
+        None,
+    )
+
+
+# --- rows sharing a contact ------------------------------------------------------------------------------------------
+
+
+def test_a_departed_higher_ranked_peer_does_not_hide_a_live_one_after_it() -> None:
+    peers = [LinkState("contact", "c-0", "c-1", anonymized=True), LinkState("contact", "c-5", "c-1")]
+    plan = push(
+        mapping(FIRST),
+        entity="lead",
+        record_id="l-1",
+        values=attrs(firstname="B"),
+        link=link(),
+        spotler=contact(),
+        peers=peers,
+    )
+    assert plan.action is PushAction.NONE
+    assert plan.detail == "shares its Spotler contact with contact c-5, which takes precedence"
+
+
+# --- what an update sends --------------------------------------------------------------------------------------------
+
+
+def test_rules_that_leave_one_field_out_do_not_stop_the_fields_after_it() -> None:
+    pulled_only = {"dataverse": "new_score", "spotler": "score", "type": "int", "direction": "⬅"}
+    create_only = {"dataverse": "new_source", "spotler": "source", "create_only": True}
+    bad = {"dataverse": "new_rank", "spotler": "rank", "type": "int"}
+    kept_blank = {"dataverse": "new_memo", "spotler": "memo", "blank": "keep"}
+    m = mapping(pulled_only, create_only, bad, kept_blank, JOB)
+    plan = push(
+        m,
+        values=attrs(new_score=1, new_source="web", new_rank="lots", new_memo=None, jobtitle="B"),
+        link=link({"jobTitle": h("A")}),
+        spotler=contact({"jobTitle": "A", "memo": "m"}),
+    )
+    assert plan.contact is not None
+    assert plan.contact.properties == {"jobTitle": "B"}
+
+
+def test_spotler_only_news_and_a_lost_conflict_do_not_stop_the_fields_after_them() -> None:
+    m = mapping(FIRST, LAST, JOB)
+    base = {"firstName": h("A"), "lastName": h("L"), "jobTitle": h("J")}
+    spotler = contact({"firstName": "B", "lastName": "M", "jobTitle": "J"}, last_changed=LATER)
+    plan = push(
+        m,
+        values=attrs(firstname="A", lastname="N", jobtitle="K"),
+        link=link(base),
+        spotler=spotler,
+        modified_on=SOON,
+        conflict_winner="most_recent",
+    )
+    assert plan.contact is not None
+    assert plan.contact.properties == {"jobTitle": "K"}
+    assert plan.conflicts == ("lastName",)
+
+
+def test_most_recent_winner_needs_spotler_strictly_newer() -> None:
+    m = mapping(FIRST)
+    spotler = contact({"firstName": "B"}, last_changed=SOON)
+    plan = push(
+        m,
+        values=attrs(firstname="C"),
+        link=link({"firstName": h("A")}),
+        spotler=spotler,
+        modified_on=SOON,
+        conflict_winner="most_recent",
+    )
+    assert plan.contact is not None
+    assert plan.contact.properties == {"firstName": "C"}
+
+
+def test_a_one_way_field_changed_in_spotler_is_written_back_from_dynamics() -> None:
+    plan = push(
+        mapping(JOB), values=attrs(jobtitle="A"), link=link({"jobTitle": h("A")}), spotler=contact({"jobTitle": "Z"})
+    )
+    assert plan.contact is not None
+    assert plan.contact.properties == {"jobTitle": "A"}
+
+
+def test_two_booleans_on_one_set_property_are_sent_together() -> None:
+    vip = {"dataverse": "new_vip", "spotler": "flags", "type": "boolean", "bit": 4}
+    press = {"dataverse": "new_press", "spotler": "flags", "type": "boolean", "bit": 5}
+    plan = push(mapping(vip, press), values=attrs(new_vip=True, new_press=True), kind=ChangeKind.CREATE)
+    assert plan.contact is not None
+    assert plan.contact.properties["flags"] == {4: True, 5: True}
+
+
+def test_permissions_already_as_wanted_are_not_sent_and_do_not_stop_the_ones_after() -> None:
+    m = mapping(JOB, permissions=(BIT2, BIT1))
+    base = {"permission:2": h(True), "permission:1": h(True), "jobTitle": h("A")}
+    # Spotler dropped bit 2 (an unsubscribe the pull brings back); Dynamics withdrew bit 1.
+    plan = push(
+        m,
+        values=attrs(new_newsletter=True, donotbulkemail=True, jobtitle="A"),
+        link=link(base),
+        spotler=contact({"jobTitle": "A"}, {1: True}),
+    )
+    assert plan.contact is not None
+    assert plan.contact.permissions == {1: False}
+    silent = push(
+        m,
+        values=attrs(new_newsletter=False, jobtitle="A"),
+        link=link(base),
+        spotler=contact({"jobTitle": "A"}, {1: True}),
+    )
+    assert (silent.action, silent.contact) == (PushAction.NONE, None)
+
+
+# --- explicit opt-in, asked directly ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cause", list(SuppressionCause))
+def test_a_delete_or_a_row_with_do_not_email_is_never_an_opt_in(cause: SuppressionCause) -> None:
+    m = mapping(permissions=(BIT1, BIT2))
+    everything = frozenset({"donotemail", "donotbulkemail", "new_newsletter", "statecode"})
+    deleted = push_input(attrs(new_newsletter=True), kind=ChangeKind.DELETE, changed=everything)
+    assert explicit_opt_in(deleted, m, attrs(new_newsletter=True), cause) is False
+    refused = push_input(attrs(donotemail=True, new_newsletter=True), changed=everything)
+    assert explicit_opt_in(refused, m, attrs(donotemail=True, new_newsletter=True), cause) is False
+    cleared = push_input(attrs(new_newsletter=True), changed=everything)
+    assert explicit_opt_in(cleared, m, attrs(new_newsletter=True), cause) is True
+
+
+def test_plan_of_a_set_field_merges_bits_only_for_set_fields() -> None:
+    text = {"dataverse": "new_code", "spotler": "code"}
+    plan = push(mapping(text), values=attrs(new_code="X"), kind=ChangeKind.CREATE)
+    assert plan.contact is not None
+    assert plan.contact.properties["code"] == "X"
