@@ -311,3 +311,143 @@ def test_plan_of_a_set_field_merges_bits_only_for_set_fields() -> None:
     plan = push(mapping(text), values=attrs(new_code="X"), kind=ChangeKind.CREATE)
     assert plan.contact is not None
     assert plan.contact.properties["code"] == "X"
+
+
+# --- exact outcomes of the branches ----------------------------------------------------------------------------------
+
+SCORE = {"dataverse": "new_score", "spotler": "score", "type": "int", "direction": "⬅"}
+NOW = T0 + timedelta(hours=1)
+
+
+def test_merge_relink_remembers_the_departed_row_and_needs_no_link() -> None:
+    master = attrs(emailaddress1="ADA@example.com")
+    plan = push(
+        mapping(),
+        values=attrs(statecode=1),
+        link=link(),
+        spotler=contact(),
+        merged_into="c-9",
+        master_attributes=master,
+    )
+    assert (plan.action, plan.reason, plan.relink_to) == (PushAction.RELINK, ReasonCode.SYNCED, "c-9")
+    assert plan.detail == "merged into contact c-9; Spotler contact relinked"
+    assert plan.link is not None
+    assert (plan.link.anonymized, plan.link.reason, plan.link.detail) == (True, ReasonCode.SYNCED, plan.detail)
+    unlinked = push(
+        mapping(), values=attrs(statecode=1), spotler=contact(), merged_into="c-9", master_attributes=master
+    )
+    assert (unlinked.action, unlinked.link, unlinked.external_id) == (PushAction.RELINK, None, "c-1")
+
+
+def test_do_not_email_on_an_anonymized_row_leaves_an_opt_out_tombstone_only() -> None:
+    plan = push(mapping(), values=attrs(donotemail=True), link=link(anonymized=True), spotler=None)
+    assert (plan.action, plan.reason, plan.detail) == (
+        PushAction.NONE,
+        ReasonCode.SUPPRESSED,
+        "Do Not Email is set; not sent to Spotler",
+    )
+    assert plan.suppress == Suppression(hashed(ADA), SuppressionCause.OPTED_OUT, "contact", "c-1", NOW)
+    nothing = push(mapping(), values=attrs(donotemail=True, emailaddress1="nope"), kind=ChangeKind.CREATE)
+    assert (nothing.reason, nothing.suppress) == (ReasonCode.SUPPRESSED, None)
+
+
+def test_deactivation_anonymizes_by_link_or_by_contact_alone() -> None:
+    by_link = push(mapping(), values=attrs(statecode=1), link=link(), spotler=None)
+    assert (by_link.action, by_link.reason, by_link.detail) == (
+        PushAction.NONE,
+        ReasonCode.ANONYMIZED,
+        "record deactivated",
+    )
+    assert by_link.link is not None
+    assert by_link.link.anonymized
+    by_contact = push(mapping(), values=attrs(statecode=1), spotler=contact())
+    assert (by_contact.action, by_contact.external_id) == (PushAction.ANONYMIZE, "c-1")
+    assert by_contact.suppress is not None
+    assert by_contact.suppress.email_hash == hashed(ADA)
+    never = push(mapping(), values=attrs(statecode=1), kind=ChangeKind.CREATE)
+    assert (never.action, never.reason, never.detail) == (PushAction.NONE, ReasonCode.INACTIVE, "record is inactive")
+
+
+def test_qualified_lead_detail() -> None:
+    plan = push(mapping(), entity="lead", record_id="l-1", values=attrs(statecode=1), link=link(), spotler=contact())
+    assert (plan.reason, plan.detail) == (ReasonCode.INACTIVE, "qualified lead; the person lives on as a contact")
+
+
+def test_no_tombstone_lifted_by_an_ordinary_update_and_sync_detail() -> None:
+    m = mapping(JOB)
+    plan = push(
+        m,
+        values=attrs(jobtitle="A"),
+        link=link({"jobTitle": h("A"), "permission:1": h(True)}),
+        spotler=contact({"jobTitle": "A"}),
+    )
+    assert (plan.action, plan.reason, plan.detail, plan.lift_suppression) == (
+        PushAction.NONE,
+        ReasonCode.SYNCED,
+        "already in sync",
+        None,
+    )
+    conflict = push(
+        mapping(FIRST),
+        values=attrs(firstname="C"),
+        link=link({"firstName": h("A")}),
+        spotler=contact({"firstName": "B"}),
+    )
+    assert conflict.detail == "both sides changed firstName"
+
+
+def test_reactivating_an_anonymized_row_without_a_tombstone_recreates_it_with_a_fresh_base() -> None:
+    m = mapping(JOB, SCORE)
+    stale = link({"score": h(5), "jobTitle": h("old")}, anonymized=True)
+    blank = SpotlerContact("c-1", {}, {1: False}, channels={})
+    plan = push(
+        m,
+        values=attrs(jobtitle="A"),
+        kind=ChangeKind.SET_STATE,
+        changed={"statecode"},
+        link=stale,
+        spotler=blank,
+    )
+    assert (plan.action, plan.reason, plan.lift_suppression) == (PushAction.UPDATE, ReasonCode.UPDATED, None)
+    assert plan.link is not None
+    assert "score" not in plan.link.base
+    assert plan.link.base["jobTitle"] == h("A")
+    assert not plan.link.anonymized
+
+
+def test_reactivation_writes_only_what_the_kept_contact_lacks() -> None:
+    kept = contact({"jobTitle": "A"})
+    plan = push(
+        mapping(JOB, FIRST),
+        values=attrs(jobtitle="A", firstname="Ada"),
+        kind=ChangeKind.SET_STATE,
+        changed={"statecode"},
+        link=link(anonymized=True),
+        spotler=kept,
+    )
+    assert plan.contact is not None
+    assert plan.contact.properties == {"firstName": "Ada"}
+    assert plan.contact.permissions == {}
+
+
+def test_a_contact_gone_from_spotler_is_created_again_keeping_what_was_agreed_for_pulled_fields() -> None:
+    m = mapping(JOB, SCORE)
+    plan = push(m, values=attrs(jobtitle="A"), link=link({"score": h(5), "jobTitle": h("A")}), spotler=None)
+    assert (plan.action, plan.reason) == (PushAction.CREATE, ReasonCode.CREATED)
+    assert plan.link is not None
+    assert plan.link.base["score"] == h(5)
+
+
+def test_a_follower_remembers_its_own_address() -> None:
+    peer = LinkState("contact", "c-0", "c-1")
+    plan = push(
+        mapping(),
+        entity="lead",
+        record_id="l-1",
+        values=attrs(),
+        link=link(email_hash=None),
+        spotler=contact(),
+        peers=[peer],
+    )
+    assert plan.link is not None
+    assert (plan.link.email_hash, plan.link.anonymized) == (hashed(ADA), False)
