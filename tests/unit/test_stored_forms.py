@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sync_core.consent import email_hash, redact_email
-from sync_core.convert import to_dataverse, to_spotler, value_hash
+from sync_core.convert import canonical, to_dataverse, to_spotler, value_hash
 from sync_core.mapping import FieldMapping
 
 KEY = b"stored-forms-test-key"
@@ -77,3 +77,19 @@ def test_datetimes_without_an_offset_are_read_as_utc_whatever_the_host_time_zone
     assert to_spotler(field, "2025-06-01T10:00:00") == "2025-06-01T10:00:00Z"
     assert to_spotler(field, "2025-06-01T12:00:00+02:00") == "2025-06-01T10:00:00Z"
     assert to_dataverse(field, "2025-06-01T10:00:00") == "2025-06-01T10:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "form"),
+    [
+        (FieldMapping(dataverse="new_day", spotler="day", type="date"), "2025-06-01T10:00:00Z", "2025-06-01"),
+        (FieldMapping(dataverse="new_day", spotler="day", type="birthdate"), " 2025-06-01 ", "2025-06-01"),
+        (FieldMapping(dataverse="new_code", spotler="code"), " 3.14159 ", "3.14159"),
+        (FieldMapping(dataverse="new_code", spotler="code"), "007", "007"),
+        (FieldMapping(dataverse="new_code", spotler="code"), 7.0, 7),
+        (FieldMapping(dataverse="new_price", spotler="price", type="money"), "3.14159", 3.14),
+        (FieldMapping(dataverse="new_count", spotler="count", type="int"), " 007 ", 7),
+    ],
+)
+def test_canonical_forms_parse_only_for_their_own_type(field: FieldMapping, value: Any, form: Any) -> None:
+    assert canonical(field, value) == form
