@@ -451,3 +451,15 @@ def test_a_follower_remembers_its_own_address() -> None:
     )
     assert plan.link is not None
     assert (plan.link.email_hash, plan.link.anonymized) == (hashed(ADA), False)
+
+
+def test_a_push_resends_the_unsubscribed_state_of_dynamics_over_a_newer_spotler_subscription() -> None:
+    # Only Spotler's opt-outs are left for the pull; an unsubscribed state in Dynamics is always re-sent
+    # (the side that sends no mail wins until Dynamics records the subscription).
+    m = mapping(JOB, permissions=(BIT1, BIT2))
+    agreed = {"jobTitle": h("A"), "permission:1": h(True), "permission:2": h(False)}
+    resubscribed = contact({"jobTitle": "A"}, {1: True, 2: True})
+    plan = push(m, values=attrs(jobtitle="B", new_newsletter=False), link=link(agreed), spotler=resubscribed)
+    assert plan.contact is not None
+    assert plan.contact.properties == {"jobTitle": "B"}
+    assert plan.contact.permissions == {2: False}
