@@ -222,3 +222,20 @@ async def test_merge_into_a_missing_master_anonymizes_and_into_a_live_one_hands_
     assert (master.external_id, master.email_hash, master.base) == (C1, hashed("ada@example.com"), source.base)
     assert (master.reason, master.last_attempt) == (ReasonCode.SYNCED, world.clock.now())
     assert master.detail == f"took over the Spotler contact of merged contact {C1}"
+
+
+async def test_merge_of_a_row_never_linked_hands_its_contact_over_with_nothing_agreed() -> None:
+    world = World()
+    seed(world, C1, "ada@example.com")
+    world.dataverse.put_row("contact", C1, {**row_attributes(C1, emailaddress1="ada@example.com"), "statecode": 1})
+    world.dataverse.put_row("contact", C2, row_attributes(C2, emailaddress1="ada@example.com"))
+    merged = dataclasses.replace(
+        change(C1, {"statecode": 1}, kind=ChangeKind.UPDATE, version=2, modified_on=world.clock.now()),
+        merged_into=C2,
+        attributes={**row_attributes(C1, emailaddress1="ada@example.com"), "statecode": 1},
+    )
+    outcome = await push_of(world).handle(merged, owner="m")
+    assert outcome.action == "relink"
+    master = await world.state.get_link("contact", C2)
+    assert master is not None
+    assert (master.external_id, master.email_hash, master.base) == (C1, None, {})

@@ -312,3 +312,19 @@ def test_global_opt_out_turns_never_agreed_permissions_off_and_tombstones() -> N
         hashed(ADA),
         LATER,
     )
+
+
+def test_a_dynamics_value_that_cannot_be_compared_is_noted_and_does_not_stop_the_fields_after_it() -> None:
+    m = mapping(SCORE, FIRST)
+    base = {"score": h(1), "firstName": h("A")}
+    plan = pull(m, contact({"score": 2, "firstName": "B"}), link(base), row(new_score="lots", firstname="A"))
+    assert plan.changes == {"firstname": "B"}
+    assert plan.conflicts == ("score: value cannot be converted; not pulled",)
+
+
+def test_a_set_field_spotler_holds_as_something_else_is_no_news() -> None:
+    flag = {"dataverse": "new_vip", "spotler": "flags", "type": "boolean", "bit": 4, "direction": "⬅"}
+    m = mapping(flag)
+    for held in ("yes", None, 4):
+        plan = pull(m, contact({"flags": held}), link({}), row(new_vip=True))
+        assert plan.changes == {}, held

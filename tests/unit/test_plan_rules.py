@@ -272,21 +272,14 @@ def test_two_booleans_on_one_set_property_are_sent_together() -> None:
 
 def test_permissions_already_as_wanted_are_not_sent_and_do_not_stop_the_ones_after() -> None:
     m = mapping(JOB, permissions=(BIT2, BIT1))
-    base = {"permission:2": h(True), "permission:1": h(True), "jobTitle": h("A")}
-    # Spotler dropped bit 2 (an unsubscribe the pull brings back); Dynamics withdrew bit 1.
-    plan = push(
-        m,
-        values=attrs(new_newsletter=True, donotbulkemail=True, jobtitle="A"),
-        link=link(base),
-        spotler=contact({"jobTitle": "A"}, {1: True}),
-    )
+    base = {"permission:2": h(True), "permission:1": h(False), "jobTitle": h("A")}
+    # Spotler dropped bit 2 (an unsubscribe the pull brings back); Dynamics subscribes to bit 1.
+    spotler = contact({"jobTitle": "A"}, {1: False})
+    plan = push(m, values=attrs(new_newsletter=True, jobtitle="A"), link=link(base), spotler=spotler)
     assert plan.contact is not None
-    assert plan.contact.permissions == {1: False}
+    assert plan.contact.permissions == {1: True}
     silent = push(
-        m,
-        values=attrs(new_newsletter=False, jobtitle="A"),
-        link=link(base),
-        spotler=contact({"jobTitle": "A"}, {1: True}),
+        m, values=attrs(new_newsletter=False, donotbulkemail=True, jobtitle="A"), link=link(base), spotler=spotler
     )
     assert (silent.action, silent.contact) == (PushAction.NONE, None)
 
@@ -463,3 +456,45 @@ def test_a_push_resends_the_unsubscribed_state_of_dynamics_over_a_newer_spotler_
     assert plan.contact is not None
     assert plan.contact.properties == {"jobTitle": "B"}
     assert plan.contact.permissions == {2: False}
+
+
+def test_a_permission_spotler_owns_does_not_stop_the_ones_after_it() -> None:
+    pulled_only = {"bit": 3, "dataverse": "new_offers", "direction": "⬅"}
+    m = mapping(permissions=(pulled_only, BIT1))
+    plan = push(
+        m, values=attrs(donotbulkemail=True, new_offers=True), link=link({"permission:1": h(True)}), spotler=contact()
+    )
+    assert plan.contact is not None
+    assert plan.contact.permissions == {1: False}
+
+
+def test_an_opted_in_follower_is_no_longer_anonymized() -> None:
+    peer = LinkState("contact", "c-0", "c-1")
+    plan = push(
+        mapping(),
+        entity="lead",
+        record_id="l-1",
+        values=attrs(),
+        changed={"donotemail"},
+        link=link(anonymized=True),
+        spotler=contact(),
+        peers=[peer],
+    )
+    assert (plan.action, plan.reason) == (PushAction.NONE, ReasonCode.SYNCED)
+    assert plan.link is not None
+    assert plan.link.anonymized is False
+
+
+def test_conflict_detail_names_every_conflicting_field_but_no_conversion_note() -> None:
+    bad = {"dataverse": "new_rank", "spotler": "rank", "type": "int"}
+    m = mapping(FIRST, LAST, bad)
+    plan = push(
+        m,
+        values=attrs(firstname="C", lastname="N", new_rank="lots"),
+        link=link({"firstName": h("A"), "lastName": h("L")}, detail="before"),
+        spotler=contact({"firstName": "B", "lastName": "M"}),
+    )
+    assert plan.detail == "both sides changed firstName, lastName"
+    assert plan.link is not None
+    assert plan.link.detail == plan.detail
+    assert plan.conflicts == ("firstName", "lastName", "new_rank: value cannot be converted; not sent")
