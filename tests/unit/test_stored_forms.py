@@ -84,6 +84,7 @@ def test_datetimes_without_an_offset_are_read_as_utc_whatever_the_host_time_zone
     [
         (FieldMapping(dataverse="new_day", spotler="day", type="date"), "2025-06-01T10:00:00Z", "2025-06-01"),
         (FieldMapping(dataverse="new_day", spotler="day", type="birthdate"), " 2025-06-01 ", "2025-06-01"),
+        (FieldMapping(dataverse="new_day", spotler="day", type="date"), "20250601T10", "2025-06-01"),
         (FieldMapping(dataverse="new_code", spotler="code"), " 3.14159 ", "3.14159"),
         (FieldMapping(dataverse="new_code", spotler="code"), "007", "007"),
         (FieldMapping(dataverse="new_code", spotler="code"), 7.0, 7),
