@@ -265,8 +265,10 @@ def explicit_opt_in(
         mapping.donotbulkemail_attribute in changed and not wants_no_bulk_email(mapping, attrs)
     ):
         return True
-    if any(p.dataverse in changed and attrs.get(p.dataverse) is True for p in mapping.permissions if p.dataverse):
-        return True
+    if not wants_no_bulk_email(mapping, attrs) and any(
+        p.dataverse in changed and attrs.get(p.dataverse) is True for p in mapping.permissions if p.dataverse
+    ):
+        return True  # a ticked subscription, unless Do Not Bulk Email still turns every subscription off
     return cause is SuppressionCause.ANONYMIZED and "statecode" in changed and is_active(attrs)
 
 
@@ -403,6 +405,9 @@ def _anonymize(inp: PushInput, detail: str, cause: SuppressionCause, email_h: st
         next_retry=None,
     )
     tomb_hash = email_h or link.email_hash
+    known = inp.suppression
+    if known is not None and known.email_hash == tomb_hash and known.cause is SuppressionCause.OPTED_OUT:
+        cause = SuppressionCause.OPTED_OUT  # the person's own opt-out is never weakened into "anonymized by us"
     tomb = Suppression(tomb_hash, cause, inp.entity, inp.record_id, inp.now) if tomb_hash is not None else None
     already = inp.link is not None and inp.link.anonymized
     exists = inp.spotler is not None

@@ -19,6 +19,8 @@ import pytest
 import tree_sitter_bicep
 from tree_sitter import Language, Node, Parser
 
+import sync_core.settings as settings_module
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA = REPO_ROOT / "infra"
 GATE = REPO_ROOT / "scripts" / "check_bicep.py"
@@ -268,7 +270,6 @@ def bicep_app_settings() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def specs() -> list[typing.Any]:
-    settings_module = pytest.importorskip("sync_core.settings")
     result: list[typing.Any] = settings_module.setting_specs()
     assert result, "setting_specs() returned nothing"
     return result
@@ -321,7 +322,6 @@ def _allowed_values(param: str) -> set[str]:
     ("param", "field"), [("dataverseAuth", "dataverse_auth"), ("conflictWinner", "conflict_winner")]
 )
 def test_choice_parameters_are_valid_setting_values(param: str, field: str) -> None:
-    settings_module = pytest.importorskip("sync_core.settings")
     choices = set(typing.get_args(settings_module.Settings.model_fields[field].annotation))
     assert _allowed_values(param) <= choices
 

@@ -10,6 +10,7 @@ unique externalIds and anonymize what they create. Fault-injection tests use the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -114,8 +115,23 @@ def contact(external_id: str, email: str, **properties: object) -> SpotlerContac
 
 
 async def test_client_implements_the_gateway_port(target: Target) -> None:
-    gateway: SpotlerGateway = target.client
-    assert gateway is target.client
+    """Every operation of the port exists on the client, as a coroutine, with the same parameters."""
+    operations = [
+        name for name in vars(SpotlerGateway) if not name.startswith("_") and callable(getattr(SpotlerGateway, name))
+    ]
+    assert "search_by_email" in operations
+    for name in operations:
+        wanted, actual = getattr(SpotlerGateway, name), getattr(target.client, name, None)
+        assert actual is not None, f"SpotlerClient has no {name}"
+        assert inspect.iscoroutinefunction(actual) == inspect.iscoroutinefunction(wanted), name
+        want = [(p.name, p.kind, p.default) for p in inspect.signature(wanted).parameters.values()][1:]
+        have = [(p.name, p.kind, p.default) for p in inspect.signature(actual).parameters.values()]
+        assert have[: len(want)] == want, name
+        assert all(
+            p.default is not inspect.Parameter.empty
+            for p in inspect.signature(actual).parameters.values()
+            if p.name not in {w[0] for w in want}
+        ), name
 
 
 async def test_property_catalogue_lists_email_and_permission_bits(target: Target) -> None:

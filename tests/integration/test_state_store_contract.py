@@ -505,10 +505,28 @@ async def test_tables_are_created_on_first_use(azurite: AzuriteInstance, storage
 
 
 async def test_ensure_ready_on_an_existing_set_of_tables(azurite: AzuriteInstance, storage_prefix: str) -> None:  # noqa: F811
-    for _ in range(2):
-        async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
-            await s.ensure_ready()
-            await s.put_suppression(Suppression(HASH_A, SuppressionCause.ANONYMIZED, "contact", "r1", created_on=T0))
+    async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
+        await s.ensure_ready()
+        await s.put_suppression(Suppression(HASH_A, SuppressionCause.ANONYMIZED, "contact", "r1", created_on=T0))
+        names = set(s.table_names)
+    # A second start on the same tables keeps what the first one stored, and can store more.
+    async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
+        await s.ensure_ready()
+        kept = await s.get_suppression(HASH_A)
+        assert kept is not None
+        assert (kept.cause, kept.entity, kept.record_id, kept.created_on) == (
+            SuppressionCause.ANONYMIZED,
+            "contact",
+            "r1",
+            T0,
+        )
+        await s.put_suppression(Suppression(HASH_B, SuppressionCause.OPTED_OUT, "lead", "r2", created_on=T0))
+        assert (await s.get_suppression(HASH_B)) is not None
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        existing = {table.name async for table in service.list_tables()}
+        rows = [row async for row in service.get_table_client(f"{storage_prefix}suppressions").list_entities()]
+    assert names <= existing
+    assert len(rows) == 2
 
 
 def test_invalid_table_prefix_is_rejected() -> None:

@@ -131,6 +131,10 @@ class FakeSpotler:
         """Raise `error` on the next `times` calls of `method` (about `external_id`, if given) after `skip`."""
         self._faults.add(method, error, times=times, skip=skip, target=external_id)
 
+    def remove(self, external_id: str) -> None:
+        """The contact is gone from Spotler (merged away or removed outside the API)."""
+        del self._contacts[external_id]
+
     def contact(self, external_id: str) -> SpotlerContact | None:
         """The stored contact as the API would return it; not counted as a call."""
         stored = self._contacts.get(external_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from sync_core.consent import email_hash, normalize_email
@@ -81,7 +81,6 @@ SINGLE_OWNER = EntityMapping.model_validate(
         "permissions": [{"bit": 1, "source": "not_donotbulkemail", "direction": "➡"}],
     }
 )
-SETTINGS = settings(max_examples=150, deadline=None)
 
 
 # --- the model of both systems --------------------------------------------------------------------------------------
@@ -384,7 +383,6 @@ def note(plan: PushPlan) -> None:
 # --- (a) a plan applied, then planned again, is a no-op -------------------------------------------------------------
 
 
-@SETTINGS
 @given(
     entity=st.sampled_from(["contact", "lead"]),
     first=rich_rows(),
@@ -450,7 +448,6 @@ def test_applying_a_plan_twice_equals_applying_it_once(
 # --- (b) the echo of our own push writes nothing --------------------------------------------------------------------
 
 
-@SETTINGS
 @given(
     entity=st.sampled_from(["contact", "lead"]),
     first=rich_rows(),
@@ -483,7 +480,6 @@ def single_owner_rows(draw: st.DrawFn) -> dict[str, AttrValue]:
     return {k: v for k, v in row.items() if k in SINGLE_OWNER.columns() or k == "new_topics"}
 
 
-@SETTINGS
 @given(
     start=single_owner_rows(),
     dynamics=single_owner_rows(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sync_core.feed import FeedCursor, PagingMode, advance, is_ordered, page_request, take_page
@@ -74,7 +74,6 @@ def feed_of(ms: list[int], **kw: object) -> Feed:
     return Feed({f"c{i:03d}": value for i, value in enumerate(ms)}, to_ms=10_000, **kw)  # type: ignore[arg-type]
 
 
-@settings(max_examples=300, deadline=None)
 @given(stamps, st.integers(min_value=1, max_value=7), st.integers(min_value=0, max_value=999))
 def test_an_unchanging_feed_is_read_exactly_once(ms: list[int], size: int, start_ms: int) -> None:
     feed = feed_of([m + start_ms for m in ms])
@@ -82,7 +81,6 @@ def test_an_unchanging_feed_is_read_exactly_once(ms: list[int], size: int, start
     assert sorted(applied) == sorted(feed.changed)
 
 
-@settings(max_examples=300, deadline=None)
 @given(stamps, st.integers(min_value=1, max_value=7), st.data())
 def test_contacts_changing_during_the_run_make_no_other_change_go_unread(
     ms: list[int], size: int, data: st.DataObject
@@ -136,7 +134,6 @@ def test_an_empty_page_leaves_the_cursor() -> None:
     assert advance(FeedCursor(T0, 3), []) == FeedCursor(T0, 3)
 
 
-@settings(max_examples=200, deadline=None)
 @given(stamps, st.integers(min_value=1, max_value=7))
 def test_offset_paging_reads_an_unordered_feed_exactly_once(ms: list[int], size: int) -> None:
     feed = feed_of(ms, shuffled=True)

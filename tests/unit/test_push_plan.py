@@ -105,6 +105,7 @@ def test_reason_inactive() -> None:
     assert plan.action is PushAction.NONE
     assert plan.reason is ReasonCode.INACTIVE
     assert plan.contact is None
+    assert (plan.detail, plan.link, plan.suppress) == ("record is inactive", None, None)
 
 
 def test_reason_no_valid_email() -> None:
@@ -112,6 +113,7 @@ def test_reason_no_valid_email() -> None:
         plan = plan_push(push_input(person(emailaddress1=email), kind=ChangeKind.CREATE), CONTACT, options())
         assert plan.action is PushAction.NONE
         assert plan.reason is ReasonCode.NO_VALID_EMAIL
+        assert (plan.detail, plan.link, plan.suppress, plan.contact) == ("no valid e-mail address", None, None, None)
 
 
 def test_reason_opted_out_in_spotler() -> None:
@@ -208,6 +210,9 @@ def test_email_change_without_link_still_uses_the_row_id() -> None:
     plan = plan_push(push_input(person(emailaddress1="ada@newmail.example.org"), spotler=contact), CONTACT, options())
     assert plan.action is PushAction.UPDATE
     assert plan.external_id == "c-1"
+    assert (plan.reason, plan.detail, plan.suppress) == (ReasonCode.UPDATED, "updated in Spotler", None)
+    assert plan.link is not None
+    assert (plan.link.external_id, plan.link.email_hash) == ("c-1", hashed("ada@newmail.example.org"))
 
 
 def test_email_case_change_is_not_a_change() -> None:
@@ -216,6 +221,9 @@ def test_email_case_change_is_not_a_change() -> None:
         push_input(person(emailaddress1="ADA@Example.com"), link=link, spotler=contact), CONTACT, options()
     )
     assert plan.action is PushAction.NONE
+    assert (plan.reason, plan.detail, plan.contact, plan.suppress) == (ReasonCode.SYNCED, "already in sync", None, None)
+    assert plan.link is not None
+    assert (plan.link.external_id, plan.link.email_hash) == ("c-1", hashed("ada@example.com"))
 
 
 def test_stale_event_changes_nothing() -> None:
@@ -263,6 +271,11 @@ def test_qualified_lead_is_not_anonymized_by_default() -> None:
         options(),
     )
     assert plan.action is PushAction.ANONYMIZE
+    assert (plan.reason, plan.detail, plan.external_id) == (ReasonCode.ANONYMIZED, "record deactivated", "l-1")
+    assert plan.suppress is not None
+    assert (plan.suppress.cause, plan.suppress.email_hash) == (SuppressionCause.ANONYMIZED, hashed("ada@example.com"))
+    assert plan.link is not None
+    assert plan.link.anonymized
 
 
 def test_disqualified_lead_is_anonymized() -> None:
@@ -271,6 +284,11 @@ def test_disqualified_lead_is_anonymized() -> None:
         push_input(person(statecode=2), entity="lead", record_id="l-1", link=link, spotler=contact), LEAD, options()
     )
     assert plan.action is PushAction.ANONYMIZE
+    assert (plan.reason, plan.external_id) == (ReasonCode.ANONYMIZED, "l-1")
+    assert plan.suppress is not None
+    assert (plan.suppress.cause, plan.suppress.email_hash) == (SuppressionCause.ANONYMIZED, hashed("ada@example.com"))
+    assert plan.link is not None
+    assert (plan.link.anonymized, plan.link.base) == (True, {})
 
 
 def test_merged_contact_is_relinked_when_master_has_same_email() -> None:
@@ -307,6 +325,11 @@ def test_merged_contact_is_anonymized_when_master_has_another_email() -> None:
         options(),
     )
     assert plan.action is PushAction.ANONYMIZE
+    assert (plan.reason, plan.relink_to, plan.external_id) == (ReasonCode.ANONYMIZED, None, "c-1")
+    assert plan.suppress is not None
+    assert plan.suppress.email_hash == hashed("ada@example.com")
+    assert plan.link is not None
+    assert plan.link.anonymized
 
 
 def test_deleted_record_is_anonymized_and_tombstoned() -> None:
@@ -334,8 +357,12 @@ def test_deleted_record_without_link_is_tombstoned_from_its_pre_image() -> None:
 def test_deleted_record_without_link_or_image_is_tombstoned_from_spotler() -> None:
     _, contact = synced(person())
     plan = plan_push(push_input(None, kind=ChangeKind.DELETE, spotler=contact), CONTACT, options())
+    assert (plan.action, plan.reason, plan.detail) == (PushAction.ANONYMIZE, ReasonCode.ANONYMIZED, "record deleted")
     assert plan.suppress is not None
     assert plan.suppress.email_hash == hashed("ada@example.com")
+    assert plan.suppress.cause is SuppressionCause.ANONYMIZED
+    assert plan.link is not None
+    assert (plan.link.external_id, plan.link.anonymized) == ("c-1", True)
 
 
 def test_deleted_record_never_synced_changes_nothing() -> None:
@@ -512,12 +539,21 @@ def test_same_entity_duplicates_are_decided_by_lowest_record_id() -> None:
         options(),
     )
     assert loser.action is PushAction.NONE
+    assert (loser.reason, loser.contact) == (ReasonCode.SYNCED, None)
+    assert loser.detail == "shares its Spotler contact with contact a, which takes precedence"
+    assert loser.link is not None
+    assert (loser.link.record_id, loser.link.external_id, loser.link.anonymized) == ("b", "a", False)
     winner = plan_push(
         push_input(person(firstname="A"), record_id="a", link=link_a, spotler=shared, peers=[link_b]),
         CONTACT,
         options(),
     )
     assert winner.action is PushAction.UPDATE
+    assert winner.reason is ReasonCode.UPDATED
+    assert winner.contact is not None
+    assert winner.contact.properties == {"firstName": "A"}
+    assert winner.link is not None
+    assert winner.link.external_id == "a"
 
 
 def test_deleting_one_of_two_rows_sharing_a_contact_keeps_the_contact() -> None:
