@@ -39,6 +39,16 @@ param pythonVersion string = '3.11'
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
+@description('Bulk runs and the live push stop before anonymizing or unsubscribing more records than this.')
+@minValue(0)
+param massChangeLimit int = 100
+
+@description('Bulk runs stop before anonymizing or unsubscribing more than this share (0..1) of their records.')
+param massChangeShare string = '0.05'
+
+@description('NCRONTAB schedule of the reconciliation run (Dataverse change tracking).')
+param reconcileSchedule string = '0 30 2 * * *'
+
 @description('Spread the Flex Consumption plan across availability zones (only in regions that support it).')
 param zoneRedundant bool = false
 
@@ -121,6 +131,7 @@ var functionAppName = '${abbrs.webSitesFunctions}sync-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 var tablePrefix = 'sync'
 var queueName = 'dataverse-events'
+var bulkQueueName = 'bulk-work'
 var stateTables = [
   'links'
   'watermarks'
@@ -129,6 +140,9 @@ var stateTables = [
   'suppressions'
   'deliveries'
   'index'
+  'bulkruns'
+  'bulkitems'
+  'bulkindex'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -170,6 +184,8 @@ module storage 'core/storage.bicep' = {
     queueNames: [
       queueName
       '${queueName}-poison'
+      bulkQueueName
+      '${bulkQueueName}-poison'
     ]
     tableNames: [for table in stateTables: '${tablePrefix}${table}']
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
@@ -223,6 +239,10 @@ var appSettings = union({
   ANONYMIZE_ON_DEACTIVATE: anonymizeOnDeactivate ? 'true' : 'false'
   PurgeExistingPropertiesWhenNotSet: purgeExistingPropertiesWhenNotSet ? 'true' : 'false'
   CONFLICT_WINNER: conflictWinner
+  BULK_QUEUE_NAME: bulkQueueName
+  MASS_CHANGE_LIMIT: string(massChangeLimit)
+  MASS_CHANGE_SHARE: massChangeShare
+  RECONCILE_SCHEDULE: reconcileSchedule
 }, empty(dataverseAppUserId) ? {} : {
   DATAVERSE_APP_USER_ID: dataverseAppUserId
 }, dataverseAuth == 'client_secret' ? {

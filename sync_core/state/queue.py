@@ -119,6 +119,12 @@ class EventQueue:
         sent = await self._client.send_message(message)
         return str(sent.id)
 
+    async def send_later(self, message: str, delay_seconds: int) -> str:
+        """Enqueue `message`, invisible for `delay_seconds` (at most 7 days)."""
+        check_message_size(message)
+        sent = await self._client.send_message(message, visibility_timeout=max(0, min(delay_seconds, 604800)))
+        return str(sent.id)
+
     async def peek(self, max_messages: int = 1) -> list[str]:
         """The texts of up to `max_messages` visible messages, without receiving them."""
         messages = await self._client.peek_messages(max_messages=_batch_size(max_messages))
