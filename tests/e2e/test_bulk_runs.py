@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from sandboxes._server import free_port
 from sandboxes.bulk_data import LoadedCrm, load_crm
 from sync_core.services.bulk_runtime import get_bulk_engine
 from sync_core.services.runtime import get_runtime
@@ -147,7 +148,7 @@ async def test_resync_one_record_repairs_a_hand_edit_in_spotler(connector: Conne
     record = next(r for e, r in sorted(crm.eligible) if e == "contact" and not r.startswith("imported"))
     link = await get_runtime().state.get_link("contact", record)
     assert link is not None
-    connector.spotler.store.profile_edit(link.external_id, properties={"jobTitle": "Changed by hand"}  # a field Dynamics owns)
+    connector.spotler.store.profile_edit(link.external_id, properties={"jobTitle": "Changed by hand"})  # Dynamics owns it
     connector.spotler.store.reset_call_counts()
     summary = await run(connector, "resync", {"table": "contact", "id": record})
     assert summary["apply"]["records"] == 1
@@ -175,12 +176,20 @@ async def test_reconcile_repairs_a_dropped_webhook(connector: Connector) -> None
     first = await run(connector, "reconcile")  # the first sweep reads everything and keeps the delta link
     assert first["phase"] == "done"
     assert first["apply"]["spotlerWrites"] == 0
-    # Dataverse gives the webhook up: the endpoint answers 500 to every attempt, then the change is dropped.
+    # The connector cannot be reached (a network outage): Dataverse tries, retries once, then drops the change.
     sandbox = connector.dataverse.sandbox
     for registration in list(sandbox.sender.registrations.values()):
         sandbox.sender.unregister(registration.id)
+    sandbox.register_webhook(
+        url=f"http://127.0.0.1:{free_port()}/api/dynamics/webhook", entity="contact", auth_type="webhook_key",
+        auth_value="e2e-webhook-key",
+    )  # fmt: skip
     record = next(r for e, r in sorted(crm.eligible) if e == "contact")
     sandbox.edit("contact", record, {"jobtitle": "Head of Purchasing"}, user_id=sandbox.human_user_id)
+    await asyncio.to_thread(sandbox.drain, timeout=30.0)
+    dropped = [d for d in sandbox.deliveries() if d.record_id == record]
+    assert dropped
+    assert all(d.status == "failed" for d in dropped)
     link = await get_runtime().state.get_link("contact", record)
     assert link is not None
     contact = connector.spotler.store.contact(link.external_id)
