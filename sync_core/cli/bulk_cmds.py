@@ -213,9 +213,7 @@ def _resync_one(ctx: typer.Context, entity: str, record_id: str, dry_run: bool, 
 
 
 @resync_app.command("contact")
-def resync_contact(
-    ctx: typer.Context, record_id: str, dry_run: DryRun = False, as_json: AsJson = False
-) -> None:
+def resync_contact(ctx: typer.Context, record_id: str, dry_run: DryRun = False, as_json: AsJson = False) -> None:
     """Resync one contact."""
     _resync_one(ctx, "contact", record_id, dry_run, as_json)
 

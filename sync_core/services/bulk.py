@@ -49,7 +49,6 @@ from sync_core.errors import NotFoundError
 from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
 from sync_core.ports import ConcurrencyConflict, SpotlerGateway, StateStore
-from sync_core.reasons import ReasonCode
 from sync_core.records import ENTITY_NAMES, ChangeKind, EntityName, SpotlerContact
 from sync_core.services.bulk_tables import BulkTables
 from sync_core.state.queue import EventQueue, MessageTooLarge

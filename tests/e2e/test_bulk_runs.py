@@ -148,7 +148,9 @@ async def test_resync_one_record_repairs_a_hand_edit_in_spotler(connector: Conne
     record = next(r for e, r in sorted(crm.eligible) if e == "contact" and not r.startswith("imported"))
     link = await get_runtime().state.get_link("contact", record)
     assert link is not None
-    connector.spotler.store.profile_edit(link.external_id, properties={"jobTitle": "Changed by hand"})  # Dynamics owns it
+    connector.spotler.store.profile_edit(
+        link.external_id, properties={"jobTitle": "Changed by hand"}
+    )  # Dynamics owns it
     connector.spotler.store.reset_call_counts()
     summary = await run(connector, "resync", {"table": "contact", "id": record})
     assert summary["apply"]["records"] == 1
