@@ -217,7 +217,14 @@ class BulkEngine:
         if page.next_after is not None and page.contacts:
             await self._send({**message, "after": page.next_after})
             return
-        doc = await self._update_run(run["id"], lambda d: d.update(phase="assess") if d["phase"] == "index" else None)
+        now = self._clock().isoformat()
+
+        def assessing(doc: dict[str, Any]) -> None:
+            if doc["phase"] == "index":
+                doc["phase"] = "assess"
+                doc.setdefault("phaseStarted", {})["assess"] = now
+
+        doc = await self._update_run(run["id"], assessing)
         if doc["phase"] == "assess":
             await self._send_first_scan(doc, "assess")
 
@@ -339,6 +346,7 @@ class BulkEngine:
                     doc["phase"], doc["finished"] = "stopped", now
                 else:
                     doc["phase"] = "apply"
+                    doc.setdefault("phaseStarted", {})["apply"] = now
 
             doc = await self._update_run(run["id"], assessed)
             if doc["phase"] == "apply":
@@ -589,6 +597,7 @@ def summary_of(doc: dict[str, Any]) -> dict[str, Any]:
         "assess": doc.get("assess"),
         "apply": doc.get("apply"),
         "started": doc.get("started"),
+        "phaseStarted": doc.get("phaseStarted", {}),
         "finished": doc.get("finished"),
     }
 
