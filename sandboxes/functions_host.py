@@ -28,7 +28,7 @@ import function_app
 from sandboxes._server import free_port
 from sandboxes.dataverse import DataverseSandbox
 from sync_core.records import ENTITY_NAMES
-from sync_core.services.bulk_runtime import get_bulk_engine
+from sync_core.services.bulk_runtime import close_bulk_engines, get_bulk_engine
 from sync_core.services.runtime import get_runtime, reset_runtime
 from sync_core.state.queue import EventQueue, ReceivedMessage
 
@@ -124,6 +124,7 @@ class LocalFunctionsHost:
                 await self._task
         if self._queue is not None:
             await self._queue.aclose()
+        await close_bulk_engines()
         await reset_runtime()
         for key, value in self._saved.items():
             if value is None:

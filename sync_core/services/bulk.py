@@ -45,12 +45,14 @@ from sync_core.bulk_plan import (
 )
 from sync_core.consent import email_hash, normalize_email
 from sync_core.dataverse.client import DataverseClient, DeltaTokenExpired
-from sync_core.errors import NotFoundError
+from sync_core.errors import NotFoundError, SyncError
 from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
 from sync_core.ports import ConcurrencyConflict, SpotlerGateway, StateStore
-from sync_core.records import ENTITY_NAMES, ChangeKind, EntityName, SpotlerContact
+from sync_core.reasons import ReasonCode
+from sync_core.records import ENTITY_NAMES, AttrValue, ChangeKind, EntityName, RowUpdate, SpotlerContact
 from sync_core.services.bulk_tables import BulkTables
+from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
 from sync_core.state.queue import EventQueue, MessageTooLarge
 from sync_core.state_model import LinkState, StatusEntry
 
@@ -89,6 +91,7 @@ class _Planned:
     plan: PushPlan
     current: SpotlerContact | None
     email: str | None
+    previous: ReasonCode | None = None
 
 
 class BulkEngine:
@@ -106,7 +109,9 @@ class BulkEngine:
         options: PushOptions,
         bulk: BulkOptions,
         clock: Callable[[], datetime],
+        status_columns: StatusColumns = NO_STATUS_COLUMNS,
     ) -> None:
+        self._status_columns = status_columns
         self.tables = tables
         self.queue = queue
         self._state = state
@@ -454,7 +459,7 @@ class BulkEngine:
             self._options,
         )
         current = spotler if spotler is not None else email_match
-        return _Planned(entity, row, plan, current, email)
+        return _Planned(entity, row, plan, current, email, link.reason if link is not None else None)
 
     async def _apply(self, entity: EntityName, planned: list[_Planned]) -> Impact:
         """Write one work item: one bulk insert, anonymizations, tombstones, links and statuses."""
@@ -506,7 +511,33 @@ class BulkEngine:
                        mass=is_mass_change(plan, p.current))  # fmt: skip
         await self.tables.save_links(self._state, links)
         await self.tables.append_statuses(statuses)
+        await self._write_status_columns(entity, planned, statuses)
         return impact
+
+    async def _write_status_columns(
+        self, entity: EntityName, planned: Sequence[_Planned], statuses: Sequence[StatusEntry]
+    ) -> None:
+        """The changed statuses into the Dataverse status columns, one $batch per work item (best effort)."""
+        cols = self._status_columns
+        if cols.reason is None:
+            return
+        rows = {p.row.record_id: p for p in planned}
+        updates = []
+        for entry in statuses:
+            p = rows[entry.record_id]
+            attrs = p.row.attributes
+            if attrs is None or attrs.get("statecode", 0) not in (0, None) or p.previous is entry.reason:
+                continue  # gone, read-only (inactive), or the column already says so
+            changes: dict[str, AttrValue] = {cols.reason: entry.reason.value}
+            if cols.detail is not None:
+                changes[cols.detail] = entry.detail[:2000]
+            updates.append(RowUpdate(entity, entry.record_id, changes))
+        if not updates:
+            return
+        try:
+            await self._dataverse.update_rows(updates)
+        except SyncError as exc:
+            log.warning("status columns not written", extra={"entity": entity, "error": type(exc).__name__})
 
     async def _confirm(self, p: _Planned, link: LinkState | None) -> tuple[LinkState | None, str]:
         """Spotler merged the contact into one with the same address: follow it to where it landed."""

@@ -8,6 +8,7 @@ from sync_core.dataverse.client import DataverseClient
 from sync_core.dataverse.credentials import make_credential
 from sync_core.services.bulk import BulkEngine, BulkOptions
 from sync_core.services.bulk_tables import BulkTables
+from sync_core.services.push import StatusColumns
 from sync_core.services.runtime import Runtime, push_options
 from sync_core.state.queue import EventQueue
 
@@ -44,6 +45,7 @@ def build_bulk_engine(runtime: Runtime, *, advance_poll_seconds: int = 1) -> Bul
             advance_poll_seconds=advance_poll_seconds,
         ),
         clock=runtime.clock,
+        status_columns=StatusColumns(settings.dataverse_status_column, settings.dataverse_status_detail_column),
     )
 
 
@@ -55,3 +57,12 @@ def get_bulk_engine(runtime: Runtime) -> BulkEngine:
         _engines.clear()
         _engines[id(runtime)] = engine
     return engine
+
+
+async def close_bulk_engines() -> None:
+    """Close the bulk engines' own clients (their tables and queue; the runtime closes the rest)."""
+    engines = list(_engines.values())
+    _engines.clear()
+    for engine in engines:
+        await engine.tables.aclose()
+        await engine.queue.aclose()
