@@ -24,14 +24,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 from rich.table import Table
 
 from sandboxes.bulk_data import load_crm
 from sandboxes.stack import sandbox_stack
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _seconds(doc: dict[str, object], start_key: str) -> float:
@@ -42,7 +43,9 @@ def _seconds(doc: dict[str, object], start_key: str) -> float:
     return (datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started))).total_seconds()
 
 
-async def run(connection_string: str, records: int, rate: float, dry_run: bool, concurrency: int) -> list[tuple[str, str]]:
+async def run(
+    connection_string: str, records: int, rate: float, dry_run: bool, concurrency: int
+) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     with sandbox_stack(connection_string, name="bulk") as stack:
         crm = load_crm(stack.dataverse, stack.spotler, records)
@@ -79,7 +82,9 @@ async def run(connection_string: str, records: int, rate: float, dry_run: bool, 
             ceiling = rate * 100
             achieved = written / apply_seconds if apply_seconds else 0.0
             rows.append(("contacts written (apply phase)", f"{written:,} in {apply_seconds:,.1f} s"))
-            rows.append(("contacts written per second", f"{achieved:,.0f} of ceiling {ceiling:,.0f} ({achieved / ceiling:.0%})"))
+            rows.append(
+                ("contacts written per second", f"{achieved:,.0f} of ceiling {ceiling:,.0f} ({achieved / ceiling:.0%})")
+            )
             rows.append(("Spotler in the end (contacts)", f"{len(stack.spotler.contacts()):,}"))
         throttled = spotler_calls.get("POST /contact/list", 0) - phase.get("spotlerWrites", 0)
         rows.append(("Spotler calls / record (all answers)", f"{total_calls / crm.total:.4f} ({total_calls:,})"))
@@ -103,7 +108,8 @@ def main() -> int:
         print("Start Azurite first (./scripts/bench-bulk does it) and set AZURITE_CONNECTION_STRING.")
         return 2
     rows = asyncio.run(run(connection_string, args.records, args.rate, args.dry_run, args.concurrency))
-    title = f"backfill{' --dry-run' if args.dry_run else ''}, {args.records:,} records, Spotler limited to {args.rate:g} calls/s"
+    mode = " --dry-run" if args.dry_run else ""
+    title = f"backfill{mode}, {args.records:,} records, Spotler limited to {args.rate:g} calls/s"
     table = Table(title=title)
     table.add_column("figure")
     table.add_column("value")

@@ -95,7 +95,9 @@ async def test_plain_pages_hold_up_to_5000_rows_with_next_links(
     assert second.next_link is None
 
 
-async def test_live_guard_counts_across_instances_in_table_storage(azurite: AzuriteInstance, storage_prefix: str) -> None:
+async def test_live_guard_counts_across_instances_in_table_storage(
+    azurite: AzuriteInstance, storage_prefix: str
+) -> None:
     now = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
     services = [TableServiceClient.from_connection_string(azurite.connection_string) for _ in range(2)]
     logs = [TableDecisionLog(s, prefix=storage_prefix) for s in services]
