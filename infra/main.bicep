@@ -143,6 +143,7 @@ var stateTables = [
   'bulkruns'
   'bulkitems'
   'bulkindex'
+  'guard'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

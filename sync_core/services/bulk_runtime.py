@@ -8,6 +8,7 @@ from sync_core.dataverse.client import DataverseClient
 from sync_core.dataverse.credentials import make_credential
 from sync_core.services.bulk import BulkEngine, BulkOptions
 from sync_core.services.bulk_tables import BulkTables
+from sync_core.services.guard import MassChangeGuard, TableDecisionLog
 from sync_core.services.push import StatusColumns
 from sync_core.services.runtime import Runtime, push_options
 from sync_core.state.queue import EventQueue
@@ -66,3 +67,19 @@ async def close_bulk_engines() -> None:
     for engine in engines:
         await engine.tables.aclose()
         await engine.queue.aclose()
+
+
+def build_live_guard(runtime: Runtime) -> MassChangeGuard:
+    """The live push's sliding-hour mass-change guard on the runtime's storage account."""
+    settings = runtime.settings
+    conn = settings.resolved_storage_connection_string
+    if conn is not None:
+        service = TableServiceClient.from_connection_string(conn)
+    else:
+        assert settings.storage_account_name is not None
+        credential = make_credential("default", client_id=settings.storage_client_id)
+        service = TableServiceClient(
+            endpoint=f"https://{settings.storage_account_name}.table.core.windows.net", credential=credential
+        )
+    log = TableDecisionLog(service, prefix=settings.table_prefix)
+    return MassChangeGuard(log, runtime.clock, limit=settings.mass_change_limit)
