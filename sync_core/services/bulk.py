@@ -157,7 +157,10 @@ class BulkEngine:
             "error": None,
         }
         await self.tables.put_run(doc, None)
-        await self._send({"t": "index", "run": run_id, "after": 0, "to": self._clock().isoformat()})
+        # The whole feed, up to a day ahead: Spotler stamps may run ahead of this clock.
+        await self._send(
+            {"t": "index", "run": run_id, "after": 0, "to": (self._clock() + timedelta(days=1)).isoformat()}
+        )
         await self._send({"t": "advance", "run": run_id})
         log.info("bulk run started", extra={"run": run_id, "kind": request.kind, "dry_run": request.dry_run})
         return doc

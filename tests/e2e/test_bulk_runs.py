@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -205,3 +206,14 @@ async def test_reconcile_repairs_a_dropped_webhook(connector: Connector) -> None
     contact = connector.spotler.store.contact(link.external_id)
     assert contact is not None
     assert contact["properties"]["jobTitle"] == "Head of Purchasing"
+
+
+async def test_contacts_stamped_ahead_of_the_clock_are_still_paired(connector: Connector) -> None:
+    store = connector.spotler.store
+    store.set_clock(datetime.now(UTC) + timedelta(hours=2))  # Spotler's stamps run ahead of ours
+    crm = load_crm(connector.dataverse.sandbox, store, 40)
+    assert crm.preexisting > 0
+    summary = await run(connector, "backfill")
+    assert summary["apply"]["outcomes"].get("update/updated") == crm.preexisting
+    assert connector.spotler.store.call_counts().get("GET /contact/search", 0) == 0
+    assert_loaded(connector, crm)
