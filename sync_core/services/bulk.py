@@ -30,7 +30,6 @@ from typing import Any
 
 from sync_core.bulk_plan import (
     MAX_ITEM_RECORDS,
-    GuardVerdict,
     Impact,
     RunKind,
     WorkRow,
@@ -569,13 +568,6 @@ def _primary_key(entity: str) -> str:
 # ------------------------------------------------------------------------------------------------ local driver
 
 
-@dataclass(slots=True)
-class Progress:
-    phase: str
-    records: int
-    expected: int | None
-
-
 class LocalDriver:
     """Drives the bulk queue in this process until a run ends (the command line without a Functions host).
 
@@ -634,11 +626,6 @@ def summary_of(doc: dict[str, Any]) -> dict[str, Any]:
         "phaseStarted": doc.get("phaseStarted", {}),
         "finished": doc.get("finished"),
     }
-
-
-def verdict_of(doc: dict[str, Any]) -> GuardVerdict | None:
-    v = doc.get("verdict")
-    return GuardVerdict(bool(v["allowed"]), str(v["message"])) if v else None
 
 
 def impact_of(doc: dict[str, Any], phase: str) -> Impact | None:
