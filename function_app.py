@@ -9,6 +9,8 @@ from typing import Any
 import azure.functions as func
 
 from sync_core.records import ENTITY_NAMES, as_entity
+from sync_core.services.bulk import RunRequest, summary_of
+from sync_core.services.bulk_runtime import get_bulk_engine
 from sync_core.services.config_gate import hold_event_if_misconfigured, mapping_health, pull_paused
 from sync_core.services.operations import (
     health_details,
@@ -204,4 +206,99 @@ app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(r
 app.route(route="ui", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(ui_page)
 app.route(route="ui/deadletters/{entity}/{event_id}/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(
     ui_replay
+)
+
+
+# --- Bulk work: backfill, resync, reconcile (one engine; work items on the bulk queue) -------------------------
+
+
+async def _bulk_request(req: func.HttpRequest, kind: str) -> RunRequest | func.HttpResponse:
+    """The run an HTTP call asks for, or a 400 that says what is wrong (nothing is started then)."""
+    try:
+        body = req.get_json() if req.get_body() else {}
+    except ValueError:
+        return _json(400, {"error": "body must be JSON"})
+    if not isinstance(body, dict):
+        return _json(400, {"error": "body must be a JSON object"})
+    engine = get_bulk_engine(get_runtime())
+    table = body.get("table")
+    entity = as_entity(str(table)) if table is not None else None
+    if table is not None and entity is None:
+        return _json(400, {"error": f"table must be one of {', '.join(ENTITY_NAMES)}"})
+    record_id = body.get("id")
+    filter_expr = body.get("filter")
+    if (record_id is not None or filter_expr is not None) and (kind != "resync" or entity is None):
+        return _json(400, {"error": "id and filter apply to resync of one table"})
+    try:
+        entities = engine.mapped_entities(entity)
+    except ValueError as exc:
+        return _json(400, {"error": str(exc)})
+    return RunRequest(
+        kind,  # type: ignore[arg-type]
+        entities,
+        filter_expr=str(filter_expr) if filter_expr is not None else None,
+        record_id=str(record_id).strip("{}").lower() if record_id is not None else None,
+        dry_run=bool(body.get("dryRun", False)),
+        allow_mass_changes=bool(body.get("allowMassChanges", False)),
+    )
+
+
+async def _start_bulk(req: func.HttpRequest, kind: str) -> func.HttpResponse:
+    request = await _bulk_request(req, kind)
+    if isinstance(request, func.HttpResponse):
+        return request
+    doc = await get_bulk_engine(get_runtime()).start(request)
+    return _json(202, {"run": doc["id"], "phase": doc["phase"], "status": f"/api/bulk/runs/{doc['id']}"})
+
+
+async def bulk_backfill(req: func.HttpRequest) -> func.HttpResponse:
+    """Start a backfill (body: optional table, dryRun, allowMassChanges); 202 with the run id."""
+    return await _start_bulk(req, "backfill")
+
+
+async def bulk_resync(req: func.HttpRequest) -> func.HttpResponse:
+    """Start a resync: one record (table + id), a $filter (table + filter), or everything."""
+    return await _start_bulk(req, "resync")
+
+
+async def bulk_reconcile(req: func.HttpRequest) -> func.HttpResponse:
+    """Start a reconciliation run now (Dataverse change tracking since the last sweep)."""
+    return await _start_bulk(req, "reconcile")
+
+
+async def bulk_run(req: func.HttpRequest) -> func.HttpResponse:
+    """A bulk run's phase, the guard's verdict and its counts."""
+    doc = await get_bulk_engine(get_runtime()).run_doc(req.route_params.get("run_id", ""))
+    if doc is None:
+        return _json(404, {"error": "no such run"})
+    return _json(200, summary_of(doc))
+
+
+async def bulk_worker(msg: func.QueueMessage) -> None:
+    """One message of a bulk run (index page, scan page, work item, advance); raising lets the queue retry."""
+    try:
+        text = msg.get_body().decode("utf-8")
+    except UnicodeDecodeError:
+        log.error("undecodable bulk message dropped", extra={"message_id": msg.id})
+        return
+    try:
+        await get_bulk_engine(get_runtime()).handle(text)
+    except ValueError:
+        log.error("malformed bulk message dropped", extra={"message_id": msg.id})
+
+
+async def scheduled_reconcile(timer: func.TimerRequest) -> None:
+    """RECONCILE_SCHEDULE (daily by default): repair changes whose webhook never arrived or never applied."""
+    engine = get_bulk_engine(get_runtime())
+    doc = await engine.start(RunRequest("reconcile", engine.mapped_entities()))
+    log.info("reconcile run started", extra={"run": doc["id"]})
+
+
+app.route(route="bulk/backfill", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(bulk_backfill)
+app.route(route="bulk/resync", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(bulk_resync)
+app.route(route="bulk/reconcile", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(bulk_reconcile)
+app.route(route="bulk/runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(bulk_run)
+app.queue_trigger(arg_name="msg", queue_name="%BULK_QUEUE_NAME%", connection=QUEUE_CONNECTION)(bulk_worker)
+app.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)(
+    scheduled_reconcile
 )

@@ -39,6 +39,16 @@ param pythonVersion string = '3.11'
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
+@description('Bulk runs and the live push stop before anonymizing or unsubscribing more records than this.')
+@minValue(0)
+param massChangeLimit int = 100
+
+@description('Bulk runs stop before anonymizing or unsubscribing more than this share (0..1) of their records.')
+param massChangeShare string = '0.05'
+
+@description('NCRONTAB schedule of the reconciliation run (Dataverse change tracking).')
+param reconcileSchedule string = '0 30 2 * * *'
+
 @description('Spread the Flex Consumption plan across availability zones (only in regions that support it).')
 param zoneRedundant bool = false
 
@@ -221,6 +231,16 @@ var allTags = union(tags, {
 })
 var functionAppName = '${abbrs.webSitesFunctions}sync-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+@description('Storage queue of bulk work items: backfill, resync, reconcile (BULK_QUEUE_NAME).')
+param bulkQueueName string = 'bulk-work'
+
+@description('Dataverse rows read per request by bulk runs (BULK_PAGE_SIZE).')
+@minValue(1)
+@maxValue(5000)
+param bulkPageSize int = 5000
+
+@description('Work items one command-line run handles at a time when it drives the bulk queue itself (BULK_CONCURRENCY).')
+param bulkConcurrency int = 8
 var stateTables = [
   'links'
   'watermarks'
@@ -230,6 +250,10 @@ var stateTables = [
   'deliveries'
   'index'
   'runs'
+  'bulkruns'
+  'bulkitems'
+  'bulkindex'
+  'guard'
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -285,6 +309,8 @@ module storage 'core/storage.bicep' = {
     queueNames: [
       queueName
       '${queueName}-poison'
+      bulkQueueName
+      '${bulkQueueName}-poison'
     ]
     tableNames: [for table in stateTables: '${tablePrefix}${table}']
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
@@ -352,6 +378,12 @@ var appSettings = union({
   MAX_DELIVERY_ATTEMPTS: string(maxDeliveryAttempts)
   DEAD_LETTER_MAX_REPLAYS: string(deadLetterMaxReplays)
   MAPPING_RECHECK_SECONDS: string(mappingRecheckSeconds)
+  BULK_QUEUE_NAME: bulkQueueName
+  BULK_PAGE_SIZE: string(bulkPageSize)
+  BULK_CONCURRENCY: string(bulkConcurrency)
+  MASS_CHANGE_LIMIT: string(massChangeLimit)
+  MASS_CHANGE_SHARE: massChangeShare
+  RECONCILE_SCHEDULE: reconcileSchedule
 }, empty(dataverseAppUserId) ? {} : {
   DATAVERSE_APP_USER_ID: dataverseAppUserId
 }, empty(dataverseStatusColumn) ? {} : {

@@ -11,7 +11,9 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -40,6 +42,15 @@ def _column_note(row: dict[str, object], reason: str) -> str:
 PROFILE_FORM_MAPPING = Path(__file__).resolve().parents[1] / "docs" / "examples" / "profile-update-form.json"
 
 
+async def _bulk(host: LocalFunctionsHost, body: dict[str, object]) -> dict[str, Any]:
+    """Start a backfill through its HTTP route and let the bulk queue's worker carry it out."""
+    async with httpx.AsyncClient() as http:
+        started = (await http.post(f"{host.url}/api/bulk/backfill", json=body)).json()
+        await host.run_bulk(started["run"])
+        summary: dict[str, Any] = (await http.get(f"{host.url}/api/bulk/runs/{started['run']}")).json()
+    return summary
+
+
 async def story(connection_string: str) -> int:
     with sandbox_stack(
         connection_string,
@@ -61,6 +72,21 @@ async def story(connection_string: str) -> int:
             def step(text: str) -> None:
                 console.print(f"[bold cyan]▸[/] {text}")
 
+            step("Going live: Dynamics already holds records, and Spotler an old newsletter list")
+            sofie = dataverse.store.seed(
+                "contact", {"firstname": "Sofie", "lastname": "Mulder", "emailaddress1": "sofie.mulder@example.nl"}
+            )
+            daan = dataverse.store.seed(
+                "contact", {"firstname": "Daan", "lastname": "Smit", "emailaddress1": "daan.smit@example.nl"}
+            )
+            dataverse.store.seed("contact", {"firstname": "Old", "lastname": "Record", "statecode": 1, "statuscode": 2})
+            spotler.seed([{"externalId": "newsletter-0042", "properties": {"email": "sofie.mulder@example.nl"}}])
+            for label, dry in (("dry run", True), ("initial load", False)):
+                summary = await _bulk(host, {"dryRun": dry})
+                counts = summary[("assess" if dry else "apply")]["outcomes"]
+                console.print(
+                    f"    backfill {label}: {summary['phase']}; " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                )
             step("A sales rep creates three contacts, a lead and an account in Dynamics")
             anna = dataverse.create(
                 "contact",
@@ -127,13 +153,21 @@ async def story(connection_string: str) -> int:
                 "Spotler status",
             ):
                 table.add_column(col)
-            rows = [("contact", anna), ("contact", bram), ("contact", noor), ("lead", lisa), ("account", zoet)]
+            rows = [
+                ("contact", sofie),
+                ("contact", daan),
+                ("contact", anna),
+                ("contact", bram),
+                ("contact", noor),
+                ("lead", lisa),
+                ("account", zoet),
+            ]
             agree = True
             for entity, record_id in rows:
                 row = dataverse.row(entity, record_id) or {}
-                contact = spotler.contact(record_id) or {}
-                props = contact.get("properties", {})
                 view = await record_status_view(runtime.state, entity, record_id) or {}
+                contact = spotler.contact(str(view.get("spotlerExternalId") or record_id)) or {}
+                props = contact.get("properties", {})
                 dv_name = row.get("name") or " ".join(filter(None, [row.get("firstname"), row.get("lastname")]))
                 sp_name = (
                     props.get("organisation")

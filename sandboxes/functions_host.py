@@ -28,6 +28,7 @@ import function_app
 from sandboxes._server import free_port
 from sandboxes.dataverse import DataverseSandbox
 from sync_core.records import ENTITY_NAMES
+from sync_core.services.bulk_runtime import close_bulk_engines, get_bulk_engine
 from sync_core.services.runtime import get_runtime, host_max_dequeue_count, reset_runtime
 from sync_core.services.worker import poison_queue_name
 from sync_core.state.queue import EventQueue, ReceivedMessage
@@ -86,6 +87,10 @@ def create_host_app() -> Starlette:
                 _route(function_app.ui_replay),
                 methods=["POST"],
             ),
+            Route("/api/bulk/backfill", _route(function_app.bulk_backfill), methods=["POST"]),
+            Route("/api/bulk/resync", _route(function_app.bulk_resync), methods=["POST"]),
+            Route("/api/bulk/reconcile", _route(function_app.bulk_reconcile), methods=["POST"]),
+            Route("/api/bulk/runs/{run_id}", _route(function_app.bulk_run), methods=["GET"]),
         ]
     )
 
@@ -142,6 +147,7 @@ class LocalFunctionsHost:
             await self._queue.aclose()
         if self._poison is not None:
             await self._poison.aclose()
+        await close_bulk_engines()
         await reset_runtime()
         for key, value in self._saved.items():
             if value is None:
@@ -275,3 +281,29 @@ class LocalFunctionsHost:
                 filtering_attributes=frozenset(mapping.watched_columns()),
                 pre_image=(mapping.email_attribute,),
             )
+
+    async def run_bulk(self, run_id: str, *, batch_size: int = 8, visibility: int = 30, poll: float = 0.05) -> str:
+        """Deliver the bulk queue to its queue trigger, a batch at a time, until the run ends; its final phase."""
+        engine = get_bulk_engine(get_runtime())
+        queue = engine.queue
+        await queue.ensure_ready()
+        while True:
+            batch = await queue.receive(max_messages=batch_size, visibility_timeout=visibility)
+
+            async def deliver(message: ReceivedMessage) -> None:
+                body = message.text.encode("utf-8")
+                try:
+                    await function_app.bulk_worker(
+                        QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count)
+                    )
+                except Exception:
+                    log.info("bulk handler failed; the message will be delivered again", exc_info=True)
+                    return
+                await queue.delete(message.id, message.pop_receipt)
+
+            await asyncio.gather(*(deliver(m) for m in batch))
+            doc = await engine.run_doc(run_id)
+            if doc is None or doc["phase"] in ("done", "stopped", "failed"):
+                return "missing" if doc is None else str(doc["phase"])
+            if not batch:
+                await asyncio.sleep(poll)

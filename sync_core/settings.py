@@ -292,6 +292,47 @@ class Settings(BaseSettings):
             return {k: v for k, v in data.items() if not (isinstance(v, str) and not v.strip())}
         return data
 
+    # --- Bulk work (backfill, resync, reconcile) and the mass-change guard
+    bulk_queue_name: str = Field(
+        default="bulk-work",
+        validation_alias="BULK_QUEUE_NAME",
+        description="Storage queue of bulk work (backfill, resync, reconcile), separate from live changes.",
+    )
+    bulk_page_size: int = Field(
+        default=5000,
+        ge=1,
+        le=5000,
+        validation_alias="BULK_PAGE_SIZE",
+        description="Dataverse rows read per request by bulk runs (mapped columns only).",
+    )
+    bulk_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        validation_alias="BULK_CONCURRENCY",
+        description="Work items one command-line run handles at a time when it drives the bulk queue itself.",
+    )
+    mass_change_limit: int = Field(
+        default=100,
+        ge=0,
+        validation_alias="MASS_CHANGE_LIMIT",
+        description="A bulk run (or the live push, per sliding hour) that would anonymize or unsubscribe more "
+        "records than this stops before writing.",
+    )
+    mass_change_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        validation_alias="MASS_CHANGE_SHARE",
+        description="A bulk run that would anonymize or unsubscribe more than this share of its records stops "
+        "before writing.",
+    )
+    reconcile_schedule: str = Field(
+        default="0 30 2 * * *",
+        validation_alias="RECONCILE_SCHEDULE",
+        description="NCRONTAB schedule of the reconciliation run (Dataverse change tracking); daily by default.",
+    )
+
     @field_validator("spotler_base_url", "dataverse_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandboxes.dataverse import changes
 from sandboxes.dataverse.metadata import MetadataRegistry
 from sandboxes.dataverse.store import (
     APP_USER_ID,
@@ -409,6 +410,9 @@ class WebApi:
         return _json_result(200, document, {"ETag": etag(row)})
 
     def _list(self, schema: TableSchema, query: Mapping[str, str], prefs: Mapping[str, str], root: str) -> OpResult:
+        tracked = changes.tracked_list(self.store, schema, query, prefs, root, max_page_size=MAX_PAGE_SIZE)
+        if tracked is not None:
+            return tracked
         unsupported = {"$skip", "$apply"} & set(query)
         if unsupported:
             raise SandboxError(400, ERR_BAD_PROPERTY, f"The query parameter {sorted(unsupported)[0]} is not supported.")
@@ -907,6 +911,7 @@ def control_routes() -> list[Route]:
         ("/_sandbox/faults", ["DELETE"], "clear_faults"),
         ("/_sandbox/latency", ["PUT"], "latency"),
         ("/_sandbox/limits", ["PUT"], "limits"),
+        ("/_sandbox/changes/expire", ["POST"], "expire_changes"),
     ]
     return [Route(path, handle, methods=methods, name=name) for path, methods, name in table]
 
@@ -974,6 +979,9 @@ async def _control(
         return _ok({"latency": sandbox.latency})
     if name == "limits":
         return _ok(asdict(sandbox.set_limits(**body)))
+    if name == "expire_changes":
+        changes.expire_tokens(sandbox.store)
+        return _ok({"expired": True})
     raise KeyError(name)  # pragma: no cover
 
 

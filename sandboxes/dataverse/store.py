@@ -452,8 +452,8 @@ class DataverseStore:
                 )
             self._remember(entity, record_id)
             del self.rows[entity][record_id]
-            self._next_version()
-            self.writes.append(WriteRecord(entity, record_id, "Delete", user_id, (), None))
+            version = self._next_version()  # change tracking reports the delete after this version
+            self.writes.append(WriteRecord(entity, record_id, "Delete", user_id, (), version))
             self._notify(entity, record_id, "Delete", {}, current, None, user_id)
 
     # --- rules ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -42,6 +43,22 @@ MAX_BATCH_REQUESTS = 1000
 ROW_NOT_FOUND_CODE = "0x80040217"
 MAX_PAGE_SIZE = 5000
 TOKEN_REFRESH_MARGIN_SECONDS = 300
+EXPIRED_VERSION_STAMP_CODE = "0x80044352"  # ExpiredVersionStamp: the delta token is past its retention
+
+
+class DeltaTokenExpired(DataverseInvalidData):
+    """The change-tracking delta token is too old: read everything again (a full sync) for a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowsPage:
+    """One page of a (change-tracking) list request: rows, ids of deleted rows, and where to read next."""
+
+    rows: list[DataverseRow]
+    deleted: list[str] = field(default_factory=list)
+    next_link: str | None = None
+    delta_link: str | None = None
+
 
 _ETAG_VERSION_RE = re.compile(r'^(?:W/)?"(\d+)"$')
 _EMAIL_RE = re.compile(r"[^\s@'\"<>(),;]+@[^\s@'\"<>(),;]+")
@@ -158,6 +175,60 @@ class DataverseClient:
             yield rows
             next_link = body.get("@odata.nextLink")
             url, query = (next_link, None) if isinstance(next_link, str) and next_link else (None, None)
+
+    async def read_page(
+        self,
+        entity: EntityName,
+        columns: Sequence[str],
+        *,
+        url: str | None = None,
+        filter_expr: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        track_changes: bool = False,
+    ) -> RowsPage:
+        """One page of rows: the first (url None) or the one at a nextLink / deltaLink the service gave.
+
+        With `track_changes` the request carries `Prefer: odata.track-changes`: the last page holds a delta link
+        and pages read from a delta link list deleted rows (`$deletedEntity`) by id. An expired delta token
+        raises `DeltaTokenExpired`.
+        """
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        prefer = [f"odata.maxpagesize={page_size}"]
+        if track_changes:
+            prefer.insert(0, "odata.track-changes")
+        headers = {"Prefer": ",".join(prefer)}
+        query: dict[str, str] | None = None
+        if url is None:
+            entity_set, _ = _entity_set(entity)
+            url = f"{self._api}/{entity_set}"
+            query = {}
+            if columns:
+                query["$select"] = ",".join(columns)
+            if filter_expr:
+                query["$filter"] = filter_expr
+        try:
+            response = await self._request("GET", url, params=query or None, headers=headers)
+        except DataverseInvalidData as exc:
+            if exc.code == EXPIRED_VERSION_STAMP_CODE:
+                raise DeltaTokenExpired(exc.message) from exc
+            raise
+        body = response.json()
+        rows: list[DataverseRow] = []
+        deleted: list[str] = []
+        for item in body.get("value", []):
+            if str(item.get("@odata.context", "")).endswith("/$deletedEntity"):
+                deleted.append(str(item.get("id", "")).lower())
+            else:
+                rows.append(_row(entity, item, self._multi))
+        next_link = body.get("@odata.nextLink")
+        delta_link = body.get("@odata.deltaLink")
+        return RowsPage(
+            rows=rows,
+            deleted=deleted,
+            next_link=next_link if isinstance(next_link, str) and next_link else None,
+            delta_link=delta_link if isinstance(delta_link, str) and delta_link else None,
+        )
 
     async def update_row(
         self, entity: EntityName, record_id: str, changes: Mapping[str, AttrValue], *, etag: str | None = None

@@ -44,8 +44,25 @@ async def configuration_check(runtime: Runtime) -> Check:
     return Check("mapping", "healthy", "the mapping fits Spotler and Dataverse", data)
 
 
+async def guard_check(runtime: Runtime) -> Check:
+    """The live mass-change guard: degraded while it pauses anonymize / unsubscribe decisions."""
+    guard = runtime.guard
+    if guard is None:
+        return Check("massChangeGuard", "healthy", "no live guard configured")
+    count = await guard.count()
+    data = {"lastHour": count, "limit": guard.limit}
+    if count >= guard.limit:
+        detail = (
+            f"{count} anonymize/unsubscribe decisions in the last hour (limit {guard.limit}): further ones are "
+            f"paused ({ReasonCode.PAUSED_BY_GUARD.value}) until the hour slides on; check for a mass edit in Dynamics"
+        )
+        return Check("massChangeGuard", "degraded", detail, data)
+    return Check("massChangeGuard", "healthy", f"{count} of {guard.limit} decisions in the last hour", data)
+
+
 def _checker(runtime: Runtime) -> HealthChecker:
     runtime.health_extra.setdefault("mapping", lambda: configuration_check(runtime))
+    runtime.health_extra.setdefault("massChangeGuard", lambda: guard_check(runtime))
     return runtime.health_checker()
 
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
 
 from sync_core.consent import email_hash, normalize_email
 from sync_core.errors import NotFoundError, SyncError
@@ -21,6 +22,16 @@ from sync_core.services.leases import RecordLeases, email_lease_name
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 log = logging.getLogger("sync_core.push")
+
+
+class ChangeGuard(Protocol):
+    """The live mass-change guard: may this record be anonymized or unsubscribed now?"""
+
+    async def admit(self, entity: EntityName, record_id: str, action: Literal["anonymize", "unsubscribe"]) -> bool: ...
+
+
+class HeldByGuard(Exception):
+    """The mass-change guard paused an anonymize or unsubscribe; nothing was written."""
 
 
 class RetryLater(Exception):
@@ -105,6 +116,7 @@ class PushService:
         status_columns: StatusColumns = NO_STATUS_COLUMNS,
         record_lease: timedelta = timedelta(minutes=5),
         lease_wait: timedelta = timedelta(seconds=10),
+        guard: ChangeGuard | None = None,
     ) -> None:
         self._state = state
         self._spotler = spotler
@@ -114,6 +126,7 @@ class PushService:
         self._clock = clock
         self._app_user = app_user_id
         self._status_columns = status_columns
+        self._guard = guard
         self.leases = RecordLeases(state, clock, ttl=record_lease, wait=lease_wait)
 
     async def handle(self, event: ChangeEvent, *, owner: str) -> PushOutcome:
@@ -145,6 +158,12 @@ class PushService:
         except ConcurrencyConflict as exc:
             await self._state.release_delivery(event.idempotency_key, owner=owner)
             raise RetryLater("another worker updated the record's link at the same time") from exc
+        except HeldByGuard as exc:
+            # Held, not dropped: the queue delivers it again; on its last delivery it waits as a dead letter that
+            # the pull replays once the hour has slid on (or an operator replays after a bulk run).
+            await self._state.release_delivery(event.idempotency_key, owner=owner)
+            await self._record_status(event, ReasonCode.PAUSED_BY_GUARD, "paused", str(exc), None, now)
+            raise RetryLater(str(exc), retry_after=60.0) from exc
         except SyncError as exc:
             if exc.retryable:
                 await self._state.release_delivery(event.idempotency_key, owner=owner)
@@ -265,6 +284,14 @@ class PushService:
             mapping,
             self._options,
         )
+        if self._guard is not None and plan.action in (PushAction.ANONYMIZE, PushAction.UNSUBSCRIBE):
+            action: Literal["anonymize", "unsubscribe"] = (
+                "anonymize" if plan.action is PushAction.ANONYMIZE else "unsubscribe"
+            )
+            if not await self._guard.admit(event.entity, event.record_id, action):
+                raise HeldByGuard(
+                    f"held by the mass-change guard: more than MASS_CHANGE_LIMIT {action} decisions in the last hour"
+                )
         if moved_from is not None:
             await self._depart(moved_from, event, mapping)
             plan = _noted(plan, "moved to the Spotler contact that holds its new address")

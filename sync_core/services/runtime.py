@@ -17,6 +17,7 @@ from sync_core.mapping import MappingConfig, default_mapping, parse_mapping
 from sync_core.plan import PushOptions
 from sync_core.ports import DataverseGateway, SpotlerGateway, StateStore
 from sync_core.services.clients import dataverse_client, spotler_client
+from sync_core.services.guard import MassChangeGuard, live_guard
 from sync_core.services.health import CachedVerdict, Check, HealthChecker
 from sync_core.services.intake import EventSink, WebhookIntake
 from sync_core.services.pull import PullOptions, PullService
@@ -56,6 +57,7 @@ class Runtime:
     reports: TableReports | None = None
     health_verdict: CachedVerdict = field(default_factory=CachedVerdict)
     health_extra: dict[str, Callable[[], Awaitable[Check]]] = field(default_factory=dict)
+    guard: MassChangeGuard | None = None
 
     async def aclose(self) -> None:
         for closer in (self.spotler.aclose, self.dataverse.aclose, self.state.aclose, self.queue.aclose):
@@ -63,7 +65,7 @@ class Runtime:
                 await closer()
             except Exception:
                 log.debug("close failed", exc_info=True)
-        for extra in (self.poison, self.reports):
+        for extra in (self.poison, self.reports, self.guard):
             if extra is not None:
                 try:
                     await extra.aclose()
@@ -131,6 +133,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
     spotler = spotler_client(settings)
     dataverse = dataverse_client(settings, multi_select_columns=mapping.multi_select_columns())
     options = push_options(settings)
+    guard = live_guard(settings, clock)
     push = PushService(
         state=state,
         spotler=spotler,
@@ -140,6 +143,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         clock=clock,
         app_user_id=settings.dataverse_app_user_id,
         status_columns=status_columns(settings),
+        guard=guard,
     )
     pull = PullService(
         state=state,
@@ -171,7 +175,7 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utc_now
         mapping=mapping,
         app_user_id=settings.dataverse_app_user_id,
     )
-    runtime = Runtime(settings, mapping, state, queue, spotler, dataverse, intake, push, pull, clock)
+    runtime = Runtime(settings, mapping, state, queue, spotler, dataverse, intake, push, pull, clock, guard=guard)
     wire_operations(runtime)
     return runtime
 

@@ -121,9 +121,9 @@ class EventQueue:
         return str(sent.id)
 
     async def send_later(self, message: str, delay_seconds: int) -> str:
-        """Enqueue `message` invisible for `delay_seconds` (a fresh message: its dequeue count starts at 0)."""
+        """Enqueue `message` invisible for `delay_seconds` (at most 7 days); a fresh message, dequeue count 0."""
         check_message_size(message)
-        sent = await self._client.send_message(message, visibility_timeout=max(0, delay_seconds))
+        sent = await self._client.send_message(message, visibility_timeout=max(0, min(delay_seconds, 604800)))
         return str(sent.id)
 
     async def peek(self, max_messages: int = 1) -> list[str]:

@@ -31,7 +31,23 @@ def test_every_function_is_indexed() -> None:
         "records_route",
         "ui_page",
         "ui_replay",
+        "bulk_backfill",
+        "bulk_resync",
+        "bulk_reconcile",
+        "bulk_run",
+        "bulk_worker",
+        "scheduled_reconcile",
     }
+
+
+def test_bulk_work_has_its_own_queue_routes_with_a_function_key_and_a_configured_schedule() -> None:
+    assert _bindings("bulk_worker")[0]["queueName"] == "%BULK_QUEUE_NAME%"
+    for name, route in (("bulk_backfill", "bulk/backfill"), ("bulk_resync", "bulk/resync"),
+                        ("bulk_reconcile", "bulk/reconcile")):  # fmt: skip
+        trigger = _bindings(name)[0]
+        assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == (route, ["POST"], "FUNCTION")
+    assert _bindings("bulk_run")[0]["authLevel"] == "FUNCTION"
+    assert _bindings("scheduled_reconcile")[0]["schedule"] == "%RECONCILE_SCHEDULE%"
 
 
 def test_webhook_is_an_anonymous_post_route_validated_by_the_connector() -> None:

@@ -43,7 +43,7 @@ from sync_core.records import (
 )
 from sync_core.services.leases import RecordLeases
 from sync_core.services.pull import PullOptions, PullService
-from sync_core.services.push import PushService, StatusColumns
+from sync_core.services.push import ChangeGuard, PushService, StatusColumns
 from sync_core.spotler.errors import SpotlerContactExists, SpotlerContactOptedOut, SpotlerError, SpotlerNotFound
 from sync_core.state import InMemoryStateStore
 from sync_core.state_model import LinkState, Watermark
@@ -597,6 +597,7 @@ class World:
         status_columns: StatusColumns | None = None,
         record_lease: timedelta = timedelta(minutes=5),
         lease_wait: timedelta | None = None,
+        guard: ChangeGuard | None = None,
     ) -> PushService:
         """The push service as `build_runtime` wires it; `lease_wait` (real time) keeps its default unless given."""
         waits = {} if lease_wait is None else {"lease_wait": lease_wait}
@@ -610,6 +611,7 @@ class World:
             app_user_id=app_user_id,
             status_columns=status_columns or StatusColumns(),
             record_lease=record_lease,
+            guard=guard,
             **waits,
         )
 

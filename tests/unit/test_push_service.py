@@ -12,12 +12,14 @@ from sync_core.dataverse.errors import DataverseNotFound, DataverseTransient
 from sync_core.errors import SyncError
 from sync_core.reasons import ReasonCode
 from sync_core.records import ChangeKind
+from sync_core.services.guard import InMemoryDecisionLog, MassChangeGuard
 from sync_core.services.push import PushOutcome, RetryLater, StatusColumns
 from sync_core.spotler.errors import SpotlerInvalidData, SpotlerRateLimited, SpotlerTransientError
 from tests.unit.domain_builders import T0, hashed
 from tests.unit.service_fakes import APP_USER, World, YieldingStateStore, change
 
 ID = "3f2a1c4e-0000-4000-8000-000000000001"
+OTHER = "3f2a1c4e-0000-4000-8000-000000000002"
 STATUS = StatusColumns("sync_spotlerstatus", "sync_spotlerstatusdetail", "sync_spotlerlastsynced")
 WRITES = ("insert_contact", "insert_contacts", "update_contact", "anonymize_contact")
 
@@ -407,3 +409,26 @@ async def test_failing_status_column_write_does_not_fail_the_push(error: SyncErr
     assert status.reason is ReasonCode.CREATED
     # Completed, not released: the same event again is a duplicate.
     assert (await push.handle(change(ID), owner="msg-2")).detail == "duplicate delivery"
+
+
+async def test_the_live_guard_holds_anonymizations_above_the_limit_and_applies_them_when_the_hour_slides_on() -> None:
+    world = World()
+    guard = MassChangeGuard(InMemoryDecisionLog(), world.clock.now, limit=1)
+    push = world.push(guard=guard)
+    for n, record_id in enumerate((ID, OTHER), start=1):
+        world.dataverse.put_row("contact", record_id, {"firstname": "Ada"})
+        await push.handle(change(record_id), owner=f"create-{n}")
+
+    await push.handle(change(ID, {"donotemail": True}, kind=ChangeKind.UPDATE, version=2), owner="dne-1")
+    anonymized = world.spotler.calls.get("anonymize_contact", 0)
+    held = change(OTHER, {"donotemail": True}, kind=ChangeKind.UPDATE, version=2)
+    with pytest.raises(RetryLater, match="mass-change guard"):
+        await push.handle(held, owner="dne-2")
+    assert world.spotler.calls.get("anonymize_contact", 0) == anonymized  # nothing written for the held one
+    [latest, *_] = await world.state.list_status("contact", OTHER)
+    assert latest.reason is ReasonCode.PAUSED_BY_GUARD
+
+    world.clock.advance(minutes=61)  # the hour slides on: the redelivered change is applied
+    outcome = await push.handle(held, owner="dne-2-again")
+    assert outcome.reason is ReasonCode.ANONYMIZED
+    assert world.spotler.calls["anonymize_contact"] == anonymized + 1

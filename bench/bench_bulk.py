@@ -1,0 +1,123 @@
+"""Benchmark of a backfill: the command line (`python -m sync_core backfill`) on the sandboxes and Azurite.
+
+The sandboxes run in this process, seeded with a CRM of `--records` rows (sandboxes/bulk_data.py); the connector
+runs as a child process, exactly as an operator runs it, so its peak memory is its own. The Spotler sandbox is
+limited to `--rate` calls per second; the ceiling of a backfill is then rate × 100 contacts per second (one
+bulk insert of 100 contacts per call). Printed: the write rate of the apply phase against that ceiling,
+Spotler calls and Dataverse requests per record, the child's peak memory, and, with `--dry-run`, the writes
+both sandboxes saw (must be 0).
+
+    ./scripts/bench-bulk --records 10000 --rate 5
+    AZURITE_CONNECTION_STRING=... .venv/bin/python bench/bench_bulk.py --records 10000 --rate 5 [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console
+from rich.table import Table
+
+from sandboxes.bulk_data import load_crm
+from sandboxes.stack import sandbox_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _seconds(doc: dict[str, object], start_key: str) -> float:
+    started = doc.get("phaseStarted", {}).get(start_key)  # type: ignore[union-attr]
+    finished = doc.get("finished")
+    if not started or not finished:
+        return 0.0
+    return (datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started))).total_seconds()
+
+
+async def run(
+    connection_string: str, records: int, rate: float, dry_run: bool, concurrency: int
+) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    with sandbox_stack(connection_string, name="bulk") as stack:
+        crm = load_crm(stack.dataverse, stack.spotler, records)
+        stack.spotler.set_rate_limit(rate)
+        stack.spotler.reset_call_counts()
+        dv_before = stack.dataverse.request_counts()
+        env = {**os.environ, **stack.settings, "BULK_CONCURRENCY": str(concurrency), "SPOTLER_MAX_ATTEMPTS": "20"}
+        command = [sys.executable, "-m", "sync_core", "backfill", "--json"] + (["--dry-run"] if dry_run else [])
+        started = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        result = await asyncio.to_thread(
+            subprocess.run, command, env=env, cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        elapsed = time.perf_counter() - started
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if result.returncode != 0:
+            raise SystemExit(f"backfill failed ({result.returncode}): {result.stderr[-2000:]}")
+        doc = json.loads(result.stdout[result.stdout.index("{") :])
+        spotler_calls = stack.spotler.call_counts()
+        total_calls = sum(spotler_calls.values())
+        dv_after = stack.dataverse.request_counts()
+        dv_calls = sum(dv_after.values()) - sum(dv_before.values())
+        dv_writes = sum(v for k, v in dv_after.items() if not k.startswith("GET")) - sum(
+            v for k, v in dv_before.items() if not k.startswith("GET")
+        )
+        sp_writes = sum(v for k, v in spotler_calls.items() if k.startswith(("POST", "PUT")))
+        phase = doc["apply"] if not dry_run else doc["assess"]
+        rows.append(("records (contacts, leads, accounts)", f"{crm.total:,}"))
+        rows.append(("run", f"{doc['run']} → {doc['phase']}"))
+        rows.append(("whole run, wall clock", f"{elapsed:,.1f} s ({crm.total / elapsed:,.0f} records/s)"))
+        if not dry_run:
+            apply_seconds = _seconds(doc, "apply")
+            written = sum(n for k, n in phase["outcomes"].items() if k.split("/")[0] in ("create", "update"))
+            ceiling = rate * 100
+            achieved = written / apply_seconds if apply_seconds else 0.0
+            rows.append(("contacts written (apply phase)", f"{written:,} in {apply_seconds:,.1f} s"))
+            rows.append(
+                ("contacts written per second", f"{achieved:,.0f} of ceiling {ceiling:,.0f} ({achieved / ceiling:.0%})")
+            )
+            rows.append(("Spotler in the end (contacts)", f"{len(stack.spotler.contacts()):,}"))
+        throttled = spotler_calls.get("POST /contact/list", 0) - phase.get("spotlerWrites", 0)
+        rows.append(("Spotler calls / record (all answers)", f"{total_calls / crm.total:.4f} ({total_calls:,})"))
+        rows.append(("  of which bulk inserts that were answered 429", f"{max(0, throttled):,}"))
+        rows.append(("Dataverse requests / record", f"{dv_calls / crm.total:.5f} ({dv_calls})"))
+        rows.append(("writes seen by the sandboxes", f"Spotler {sp_writes:,}, Dataverse {dv_writes:,}"))
+        rows.append(("peak memory of the command (RSS)", f"{max(peak_kib, before) / 1024:,.0f} MiB"))
+        rows.append(("outcomes", json.dumps(phase["outcomes"])))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=5.0, help="Spotler sandbox calls per second")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args()
+    connection_string = os.environ.get("AZURITE_CONNECTION_STRING")
+    if not connection_string:
+        print("Start Azurite first (./scripts/bench-bulk does it) and set AZURITE_CONNECTION_STRING.")
+        return 2
+    rows = asyncio.run(run(connection_string, args.records, args.rate, args.dry_run, args.concurrency))
+    mode = " --dry-run" if args.dry_run else ""
+    title = f"backfill{mode}, {args.records:,} records, Spotler limited to {args.rate:g} calls/s"
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

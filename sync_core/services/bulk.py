@@ -1,0 +1,641 @@
+"""The bulk engine: backfill, resync and reconcile as one queue-driven run.
+
+A run is a chain of messages on the bulk queue (never the live queue), each small and idempotent, so the
+Functions host spreads the work over its instances and a stopped run carries on where it was:
+
+1. `index` — read Spotler's contact feed a page at a time into the run's e-mail → contact index (Table
+   Storage), so that pairing a record with an existing contact costs no Spotler search.
+2. `scan` (phase `assess`) — read one Dataverse page (up to 5,000 rows, mapped columns only; with change
+   tracking for reconcile), cut it into work items of up to 100 rows, enqueue them and the scan of the next
+   page (its `@odata.nextLink`). The page number is the checkpoint.
+3. `item` (assess) — plan each row with `plan_push`, exactly as a live change is planned, and record the
+   item's impact (counts per action and reason, mass changes). Nothing is written anywhere.
+4. `advance` — when every item of the phase is recorded: a dry run ends with the impact; the mass-change guard
+   stops a run that would anonymize or unsubscribe too much; otherwise the `apply` phase scans again.
+5. `item` (apply) — plan again and write: one Spotler bulk insert (`POST /contact/list`, `update=true`) per
+   item, each contact's result code into its status, links in batch transactions, statuses per record. A
+   finished item is recorded; a redelivered one is skipped, so a restart does not send completed work again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sync_core.bulk_plan import (
+    MAX_ITEM_RECORDS,
+    Impact,
+    RunKind,
+    WorkRow,
+    check_mass_change,
+    chunk,
+    follow_claim,
+    is_mass_change,
+    merged_hint,
+    pack,
+    reason_for_result,
+    unpack,
+)
+from sync_core.consent import email_hash, normalize_email
+from sync_core.dataverse.client import DataverseClient, DeltaTokenExpired
+from sync_core.errors import NotFoundError, SyncError
+from sync_core.mapping import EntityMapping, MappingConfig
+from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
+from sync_core.ports import ConcurrencyConflict, SpotlerGateway, StateStore
+from sync_core.reasons import ReasonCode
+from sync_core.records import ENTITY_NAMES, AttrValue, ChangeKind, EntityName, RowUpdate, SpotlerContact
+from sync_core.services.bulk_tables import BulkTables
+from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
+from sync_core.state.queue import EventQueue, MessageTooLarge
+from sync_core.state_model import LinkState, StatusEntry
+
+_BULK_WRITES = (PushAction.CREATE, PushAction.UPDATE, PushAction.UNSUBSCRIBE)
+
+log = logging.getLogger("sync_core.bulk")
+
+INDEX_PAGE_SIZE = 1000
+FEED_START = datetime(2000, 1, 1, tzinfo=UTC)
+TERMINAL = frozenset({"done", "stopped", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOptions:
+    page_size: int = 5000
+    mass_change_limit: int = 100
+    mass_change_share: float = 0.05
+    advance_poll_seconds: int = 1
+    planning_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What an operator asks for."""
+
+    kind: RunKind
+    entities: tuple[EntityName, ...]
+    filter_expr: str | None = None
+    record_id: str | None = None
+    dry_run: bool = False
+    allow_mass_changes: bool = False
+
+
+@dataclass(slots=True)
+class _Planned:
+    entity: EntityName
+    row: WorkRow
+    plan: PushPlan
+    current: SpotlerContact | None
+    email: str | None
+    previous: ReasonCode | None = None
+
+
+class BulkEngine:
+    """Starts runs and handles their messages (the queue trigger and the local driver call `handle`)."""
+
+    def __init__(
+        self,
+        *,
+        tables: BulkTables,
+        queue: EventQueue,
+        state: StateStore,
+        spotler: SpotlerGateway,
+        dataverse: DataverseClient,
+        mapping: MappingConfig,
+        options: PushOptions,
+        bulk: BulkOptions,
+        clock: Callable[[], datetime],
+        status_columns: StatusColumns = NO_STATUS_COLUMNS,
+    ) -> None:
+        self._status_columns = status_columns
+        self.tables = tables
+        self.queue = queue
+        self._state = state
+        self._spotler = spotler
+        self._dataverse = dataverse
+        self._mapping = mapping
+        self._options = options
+        self._bulk = bulk
+        self._clock = clock
+
+    # ------------------------------------------------------------------------------------------ starting
+
+    def mapped_entities(self, only: EntityName | None = None) -> tuple[EntityName, ...]:
+        names = [e for e in ENTITY_NAMES if self._mapping.for_entity(e) is not None]
+        if only is not None:
+            if only not in names:
+                raise ValueError(f"{only} is not mapped")
+            return (only,)
+        return tuple(names)
+
+    async def start(self, request: RunRequest) -> dict[str, Any]:
+        """Record a new run and enqueue its first message; the run document."""
+        await self.tables.ensure_ready()
+        await self.queue.ensure_ready()
+        await self._state.ensure_ready()
+        run_id = f"{request.kind}-{self._clock().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        doc: dict[str, Any] = {
+            "id": run_id,
+            "kind": request.kind,
+            "entities": list(request.entities),
+            "filter": request.filter_expr,
+            "record": request.record_id,
+            "dryRun": request.dry_run,
+            "allowMassChanges": request.allow_mass_changes,
+            "phase": "index",
+            "started": self._clock().isoformat(),
+            "finished": None,
+            "scans": {},
+            "delta": {},
+            "assess": None,
+            "apply": None,
+            "verdict": None,
+            "error": None,
+        }
+        await self.tables.put_run(doc, None)
+        # The whole feed, up to a day ahead: Spotler stamps may run ahead of this clock.
+        await self._send(
+            {"t": "index", "run": run_id, "after": 0, "to": (self._clock() + timedelta(days=1)).isoformat()}
+        )
+        await self._send({"t": "advance", "run": run_id})
+        log.info("bulk run started", extra={"run": run_id, "kind": request.kind, "dry_run": request.dry_run})
+        return doc
+
+    async def run_doc(self, run_id: str) -> dict[str, Any] | None:
+        found = await self.tables.get_run(run_id)
+        return found[0] if found else None
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.queue.send(pack(message))
+
+    async def _update_run(self, run_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        for _ in range(20):
+            found = await self.tables.get_run(run_id)
+            if found is None:
+                raise KeyError(run_id)
+            doc, etag = found
+            change(doc)
+            try:
+                await self.tables.put_run(doc, etag)
+            except ConcurrencyConflict:
+                await asyncio.sleep(0.05)
+                continue
+            return doc
+        raise RuntimeError(f"run {run_id} is too busy to update")
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    async def handle(self, text: str) -> None:
+        """Handle one bulk queue message. Raises on a transient failure (the queue delivers it again)."""
+        message = unpack(text)
+        run = await self.run_doc(str(message["run"]))
+        if run is None or run["phase"] in TERMINAL:
+            return
+        kind = message.get("t")
+        if kind == "index":
+            await self._index(run, message)
+        elif kind == "scan":
+            await self._scan(run, message)
+        elif kind == "item":
+            await self._item(run, message)
+        elif kind == "advance":
+            await self._advance(run)
+        else:
+            log.error("unknown bulk message dropped", extra={"run": run["id"]})
+
+    async def _index(self, run: dict[str, Any], message: dict[str, Any]) -> None:
+        """One page of Spotler's contact feed into the run's index; then the next page, or the first scan."""
+        after = int(message["after"])
+        page = await self._spotler.get_updates_page(
+            from_date=FEED_START,
+            to_date=datetime.fromisoformat(str(message["to"])) + timedelta(seconds=1),
+            after=after,
+            page_size=INDEX_PAGE_SIZE,
+        )
+        key = self._options.hash_key
+        entries = []
+        for contact in page.contacts:
+            email = normalize_email(contact.email) if contact.email else None
+            entries.append((contact, email_hash(key, email) if email else None))
+        await self.tables.put_index(run["id"], entries)
+        if page.next_after is not None and page.contacts:
+            await self._send({**message, "after": page.next_after})
+            return
+        now = self._clock().isoformat()
+
+        def assessing(doc: dict[str, Any]) -> None:
+            if doc["phase"] == "index":
+                doc["phase"] = "assess"
+                doc.setdefault("phaseStarted", {})["assess"] = now
+
+        doc = await self._update_run(run["id"], assessing)
+        if doc["phase"] == "assess":
+            await self._send_first_scan(doc, "assess")
+
+    async def _send_first_scan(self, run: dict[str, Any], phase: str) -> None:
+        entity = run["entities"][0]
+        await self._send({"t": "scan", "run": run["id"], "phase": phase, "entity": entity, "page": 0, "url": None})
+
+    async def _scan(self, run: dict[str, Any], message: dict[str, Any]) -> None:
+        phase, entity, page_no = str(message["phase"]), str(message["entity"]), int(message["page"])
+        progress = run["scans"].get(phase, {}).get(entity)
+        if progress is not None and (progress["done"] or progress["pages"] > page_no):
+            return  # this page was already cut into work items (a redelivered scan message)
+        mapping = self._mapping.for_entity(entity)  # type: ignore[arg-type]
+        assert mapping is not None
+        tracked = run["kind"] == "reconcile"
+        url = message.get("url")
+        if tracked and url is None and page_no == 0:
+            url = await self.tables.get_delta_link(entity)  # type: ignore[arg-type]
+        filter_expr = run["filter"]
+        if run.get("record"):
+            filter_expr = f"{_primary_key(entity)} eq {run['record']}"
+        try:
+            page = await self._dataverse.read_page(
+                entity,  # type: ignore[arg-type]
+                mapping.columns(),
+                url=url,
+                filter_expr=None if tracked else filter_expr,
+                page_size=self._bulk.page_size,
+                track_changes=tracked,
+            )
+        except DeltaTokenExpired:
+            log.warning("delta token expired; reading everything again", extra={"run": run["id"], "entity": entity})
+            page = await self._dataverse.read_page(
+                entity,  # type: ignore[arg-type]
+                mapping.columns(),
+                page_size=self._bulk.page_size,
+                track_changes=True,
+            )
+        rows = [
+            WorkRow(
+                r.id.lower(),
+                dict(r.attributes),
+                r.version,
+                r.modified_on.isoformat() if r.modified_on else None,
+            )
+            for r in page.rows
+        ] + [WorkRow(record_id, None) for record_id in page.deleted]
+        items = list(chunk(rows, MAX_ITEM_RECORDS))
+        for n, item_rows in enumerate(items):
+            await self._send_item(run["id"], phase, entity, f"{entity}:{page_no:05d}:{n:02d}", item_rows)
+        last = page.next_link is None
+
+        def record(doc: dict[str, Any]) -> None:
+            entry = doc["scans"].setdefault(phase, {}).setdefault(entity, {"pages": 0, "items": 0, "done": False})
+            if entry["pages"] > page_no:
+                return
+            entry["pages"] = page_no + 1
+            entry["items"] += len(items)
+            entry["done"] = last
+            if last and page.delta_link:
+                doc["delta"].setdefault(phase, {})[entity] = page.delta_link
+
+        doc = await self._update_run(run["id"], record)
+        if not last:
+            await self._send({**message, "page": page_no + 1, "url": page.next_link})
+            return
+        remaining = doc["entities"][doc["entities"].index(entity) + 1 :]
+        if remaining:
+            await self._send(
+                {"t": "scan", "run": run["id"], "phase": phase, "entity": remaining[0], "page": 0, "url": None}
+            )
+
+    async def _send_item(self, run_id: str, phase: str, entity: str, item_id: str, rows: Sequence[WorkRow]) -> None:
+        message = {"t": "item", "run": run_id, "phase": phase, "entity": entity, "id": item_id,
+                   "rows": [r.to_json() for r in rows]}  # fmt: skip
+        try:
+            await self._send(message)
+        except MessageTooLarge:
+            if len(rows) == 1:
+                raise
+            half = len(rows) // 2
+            await self._send_item(run_id, phase, entity, f"{item_id}a", rows[:half])
+            await self._send_item(run_id, phase, entity, f"{item_id}b", rows[half:])
+
+    async def _advance(self, run: dict[str, Any]) -> None:
+        """Move the run on when its phase is complete; otherwise look again a little later."""
+        phase = run["phase"]
+        if phase in ("assess", "apply"):
+            scans = run["scans"].get(phase, {})
+            scanned = all(scans.get(e, {}).get("done") for e in run["entities"])
+            expected = sum(int(scans.get(e, {}).get("items", 0)) for e in run["entities"])
+            if scanned and await self.tables.count_items(run["id"], phase) >= expected:
+                await self._finish_phase(run, phase)
+                doc = await self.run_doc(run["id"])
+                if doc is None or doc["phase"] in TERMINAL:
+                    return
+        await self.queue.send_later(pack({"t": "advance", "run": run["id"]}), self._bulk.advance_poll_seconds)
+
+    async def _finish_phase(self, run: dict[str, Any], phase: str) -> None:
+        impact = Impact.total(Impact.from_json(i) for i in await self.tables.item_impacts(run["id"], phase))
+        now = self._clock().isoformat()
+        if phase == "assess":
+            single = bool(run.get("record"))  # a named record is the operator's explicit choice
+            verdict = check_mass_change(
+                impact,
+                limit=self._bulk.mass_change_limit,
+                share=self._bulk.mass_change_share,
+                allow=bool(run["allowMassChanges"]) or single,
+            )
+
+            def assessed(doc: dict[str, Any]) -> None:
+                if doc["phase"] != "assess":
+                    return
+                doc["assess"] = impact.to_json()
+                doc["verdict"] = {"allowed": verdict.allowed, "message": verdict.message}
+                if doc["dryRun"]:
+                    doc["phase"], doc["finished"] = "done", now
+                elif not verdict.allowed:
+                    doc["phase"], doc["finished"] = "stopped", now
+                else:
+                    doc["phase"] = "apply"
+                    doc.setdefault("phaseStarted", {})["apply"] = now
+
+            doc = await self._update_run(run["id"], assessed)
+            if doc["phase"] == "apply":
+                await self._send_first_scan(doc, "apply")
+            log.info("bulk run assessed", extra={"run": run["id"], "phase": doc["phase"], "records": impact.records})
+            return
+
+        def applied(doc: dict[str, Any]) -> None:
+            if doc["phase"] == "apply":
+                doc["apply"] = impact.to_json()
+                doc["phase"], doc["finished"] = "done", now
+
+        doc = await self._update_run(run["id"], applied)
+        if doc["kind"] == "reconcile":
+            for entity, link in doc["delta"].get("apply", {}).items():
+                await self.tables.save_delta_link(entity, link)
+        log.info("bulk run finished", extra={"run": run["id"], "records": impact.records, "writes": impact.writes})
+
+    # ------------------------------------------------------------------------------------------ work items
+
+    async def _item(self, run: dict[str, Any], message: dict[str, Any]) -> None:
+        phase, item_id = str(message["phase"]), str(message["id"])
+        if phase != run["phase"]:
+            return  # an item of a phase that is over
+        if await self.tables.item_done(run["id"], phase, item_id):
+            return  # finished before a restart: not sent again
+        entity: EntityName = message["entity"]
+        mapping = self._mapping.for_entity(entity)
+        assert mapping is not None
+        rows = [WorkRow.from_json(r) for r in message["rows"]]
+        planned = await self._plan_rows(run["id"], phase, entity, mapping, rows)
+        if phase == "assess":
+            impact = Impact()
+            for p in planned:
+                impact.add(
+                    entity, p.row.record_id, p.plan.action.value, p.plan.reason, mass=is_mass_change(p.plan, p.current)
+                )
+        else:
+            impact = await self._apply(entity, planned)
+        await self.tables.finish_item(run["id"], phase, item_id, impact.to_json())
+
+    async def _plan_rows(
+        self, run_id: str, phase: str, entity: EntityName, mapping: EntityMapping, rows: Sequence[WorkRow]
+    ) -> list[_Planned]:
+        gate = asyncio.Semaphore(self._bulk.planning_concurrency)
+        now = self._clock()
+
+        async def one(row: WorkRow) -> _Planned:
+            async with gate:
+                return await self._plan_row(run_id, phase, entity, mapping, row, now)
+
+        planned = list(await asyncio.gather(*(one(r) for r in rows)))
+        # Records of this run that share an address end on one contact: the first to take it writes.
+        for i, p in enumerate(planned):
+            if p.plan.action not in (PushAction.CREATE, PushAction.UPDATE) or p.email is None:
+                continue
+            h = email_hash(self._options.hash_key, p.email)
+            owner = await self.tables.claim_email(
+                run_id, phase, h, entity, p.row.record_id, p.plan.external_id or p.row.record_id
+            )
+            if owner is not None:
+                planned[i] = dataclasses.replace(p, plan=follow_claim(p.plan, owner, entity, p.row.record_id))
+        return planned
+
+    async def _plan_row(
+        self, run_id: str, phase: str, entity: EntityName, mapping: EntityMapping, row: WorkRow, now: datetime
+    ) -> _Planned:
+        attrs = row.attributes
+        link = await self._state.get_link(entity, row.record_id)
+        email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        external_id = link.external_id if link is not None else row.record_id
+        spotler = await self.tables.indexed_contact(run_id, external_id)
+        email_match: SpotlerContact | None = None
+        key = self._options.hash_key
+        email_h = email_hash(key, email) if email else None
+        if link is None and spotler is None and email_h is not None:
+            found = await self.tables.indexed_email(run_id, email_h)
+            if found is not None:
+                email_match = await self.tables.indexed_contact(run_id, found)
+        suppression = await self._state.get_suppression(email_h) if email_h else None
+        target = link.external_id if link else (email_match.external_id if email_match else external_id)
+        peers: list[LinkState] = []
+        if link is not None or spotler is not None or email_match is not None:
+            peers = [
+                p
+                for p in await self._state.links_for_external_id(target)
+                if (p.entity, p.record_id) != (entity, row.record_id)
+            ]
+        plan = plan_push(
+            PushInput(
+                entity=entity,
+                record_id=row.record_id,
+                kind=ChangeKind.DELETE if attrs is None else ChangeKind.UPDATE,
+                attributes=attrs,
+                now=now,
+                modified_on=datetime.fromisoformat(row.modified_on) if row.modified_on else None,
+                version=row.version,
+                link=link,
+                spotler=spotler,
+                email_match=email_match,
+                suppression=suppression,
+                peers=peers,
+            ),
+            mapping,
+            self._options,
+        )
+        current = spotler if spotler is not None else email_match
+        return _Planned(entity, row, plan, current, email, link.reason if link is not None else None)
+
+    async def _apply(self, entity: EntityName, planned: list[_Planned]) -> Impact:
+        """Write one work item: one bulk insert, anonymizations, tombstones, links and statuses."""
+        impact = Impact()
+        now = self._clock()
+        # Creates, updates and unsubscribes (permission bits only) all go in the one bulk insert (update=true).
+        writes = [p for p in planned if p.plan.action in _BULK_WRITES and p.plan.contact]
+        writing = {id(p) for p in writes}
+        results: dict[str, tuple[str, str]] = {}
+        if writes:
+            answer = await self._spotler.insert_contacts(
+                [p.plan.contact for p in writes if p.plan.contact is not None], update=True, purge=False
+            )
+            impact.spotler_writes += 1
+            results = {r.external_id: (r.code, r.message) for r in answer}
+        links: list[LinkState] = []
+        statuses: list[StatusEntry] = []
+        for p in planned:
+            plan, reason, action, detail = p.plan, p.plan.reason, p.plan.action.value, p.plan.detail
+            link = plan.link
+            if id(p) in writing:
+                code, message = results.get(plan.external_id or "", ("ERROR", "no result for this contact"))
+                if code != "OK":
+                    reason = reason_for_result(code)
+                    detail = f"Spotler refused the contact: {code}" + (f" ({message[:200]})" if message else "")
+                    action = "failed"
+                    link = (
+                        dataclasses.replace(p.plan.link, reason=reason, detail=detail, last_attempt=now)
+                        if p.plan.link is not None and p.plan.link.etag is not None
+                        else None  # never keep a link to an externalId that holds no contact
+                    )
+                elif merged_hint(message):
+                    link, detail = await self._confirm(p, link)
+            elif plan.action is PushAction.ANONYMIZE and plan.external_id is not None:
+                try:
+                    await self._spotler.anonymize_contact(plan.external_id)
+                    impact.spotler_writes += 1
+                except NotFoundError:
+                    log.info("contact already gone in Spotler", extra={"record_id": p.row.record_id})
+            if action != "failed":
+                if plan.suppress is not None:
+                    await self._state.put_suppression(plan.suppress)
+                if plan.lift_suppression is not None:
+                    await self._state.delete_suppression(plan.lift_suppression)
+            if link is not None:
+                links.append(link)
+            if plan.record_status or action == "failed":
+                statuses.append(StatusEntry(entity, p.row.record_id, now, reason, action, detail, plan.external_id))
+            impact.add(entity, p.row.record_id, action if action == "failed" else plan.action.value, reason,
+                       mass=is_mass_change(plan, p.current))  # fmt: skip
+        await self.tables.save_links(self._state, links)
+        await self.tables.append_statuses(statuses)
+        await self._write_status_columns(entity, planned, statuses)
+        return impact
+
+    async def _write_status_columns(
+        self, entity: EntityName, planned: Sequence[_Planned], statuses: Sequence[StatusEntry]
+    ) -> None:
+        """The changed statuses into the Dataverse status columns, one $batch per work item (best effort)."""
+        cols = self._status_columns
+        if cols.reason is None:
+            return
+        rows = {p.row.record_id: p for p in planned}
+        updates = []
+        for entry in statuses:
+            p = rows[entry.record_id]
+            attrs = p.row.attributes
+            if attrs is None or attrs.get("statecode", 0) not in (0, None) or p.previous is entry.reason:
+                continue  # gone, read-only (inactive), or the column already says so
+            changes: dict[str, AttrValue] = {cols.reason: entry.reason.value}
+            if cols.detail is not None:
+                changes[cols.detail] = entry.detail[:2000]
+            updates.append(RowUpdate(entity, entry.record_id, changes))
+        if not updates:
+            return
+        try:
+            await self._dataverse.update_rows(updates)
+        except SyncError as exc:
+            log.warning("status columns not written", extra={"entity": entity, "error": type(exc).__name__})
+
+    async def _confirm(self, p: _Planned, link: LinkState | None) -> tuple[LinkState | None, str]:
+        """Spotler merged the contact into one with the same address: follow it to where it landed."""
+        plan = p.plan
+        assert plan.external_id is not None
+        if await self._spotler.get_contact(plan.external_id) is not None:
+            return link, plan.detail
+        landed: list[SpotlerContact] = []
+        if p.email:
+            landed = [
+                c
+                for c in await self._spotler.search_by_email(p.email)
+                if (c.email or "").casefold() == p.email.casefold()
+            ]
+        if not landed or link is None:
+            return None, "merged by Spotler into a contact that could not be found"
+        target = min(landed, key=lambda c: c.external_id).external_id
+        detail = f"merged by Spotler into the contact with the same e-mail address ({target})"
+        return dataclasses.replace(link, external_id=target, detail=detail), detail
+
+
+def _primary_key(entity: str) -> str:
+    return f"{entity}id"
+
+
+# ------------------------------------------------------------------------------------------------ local driver
+
+
+class LocalDriver:
+    """Drives the bulk queue in this process until a run ends (the command line without a Functions host).
+
+    It does what the queue trigger does on each instance: receive a batch, handle the messages concurrently,
+    delete the handled ones; a message whose handler failed reappears after the visibility timeout.
+    """
+
+    def __init__(self, engine: BulkEngine, *, concurrency: int = 8, visibility_timeout: int = 60) -> None:
+        self._engine = engine
+        self._concurrency = max(1, min(32, concurrency))
+        self._visibility = visibility_timeout
+        self.items_handled = 0
+
+    async def run_until_done(
+        self, run_id: str, *, on_progress: Callable[[dict[str, Any]], None] | None = None, poll: float = 0.2
+    ) -> dict[str, Any]:
+        queue = self._engine.queue
+        while True:
+            batch = await queue.receive(max_messages=self._concurrency, visibility_timeout=self._visibility)
+
+            async def deliver(text: str, message_id: str, receipt: str) -> None:
+                try:
+                    await self._engine.handle(text)
+                except Exception:
+                    log.warning("bulk message failed; it will be delivered again", exc_info=True)
+                    return
+                await queue.delete(message_id, receipt)
+                if text.startswith("z:") or '"t":"item"' in text:
+                    self.items_handled += 1
+
+            if batch:
+                await asyncio.gather(*(deliver(m.text, m.id, m.pop_receipt) for m in batch))
+            doc = await self._engine.run_doc(run_id)
+            if doc is None:
+                raise KeyError(run_id)
+            if on_progress is not None:
+                on_progress(doc)
+            if doc["phase"] in TERMINAL:
+                return doc
+            if not batch:
+                await asyncio.sleep(poll)
+
+
+def summary_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The run as operators see it: phase, the guard's verdict and the impact of each phase."""
+    return {
+        "run": doc["id"],
+        "kind": doc["kind"],
+        "dryRun": doc["dryRun"],
+        "phase": doc["phase"],
+        "entities": doc["entities"],
+        "verdict": doc.get("verdict"),
+        "assess": doc.get("assess"),
+        "apply": doc.get("apply"),
+        "started": doc.get("started"),
+        "phaseStarted": doc.get("phaseStarted", {}),
+        "finished": doc.get("finished"),
+    }
+
+
+def impact_of(doc: dict[str, Any], phase: str) -> Impact | None:
+    data = doc.get(phase)
+    return Impact.from_json(data) if data else None
+
+
+def expected_items(doc: dict[str, Any]) -> int:
+    """Work items the run's scans have cut so far (both phases)."""
+    return sum(int(e.get("items", 0)) for scans in doc.get("scans", {}).values() for e in scans.values())

@@ -1,0 +1,322 @@
+"""Table Storage of bulk runs: the run document, finished work items, the run's Spotler index and e-mail claims,
+and batch writes of links and statuses.
+
+| table       | PartitionKey                    | RowKey             | what                                          |
+|-------------|---------------------------------|--------------------|-----------------------------------------------|
+| bulkruns    | `run`                           | run id             | the run document (JSON) with its ETag         |
+| bulkruns    | `delta`                         | entity             | the change-tracking delta link of reconcile   |
+| bulkitems   | `<run>|<phase>`                 | work item id       | a finished work item and its impact           |
+| bulkindex   | `<run>|x|<2 hex>`               | Spotler externalId | a snapshot of the Spotler contact             |
+| bulkindex   | `<run>|e|<2 hex>`               | e-mail hash        | the externalId holding that e-mail address    |
+| bulkindex   | `<run>|<phase>|c|<2 hex>`       | e-mail hash        | the record of the run that took that address |
+
+Links keep their table (`links`, partition = entity) and are written in batch transactions of up to 100; their
+lookup index and the status history are written per record, as the state store does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from sync_core.ports import ConcurrencyConflict, StateStore
+from sync_core.records import EntityName, SpotlerContact
+from sync_core.state import codec
+from sync_core.state.tables import _to_entity
+from sync_core.state_model import LinkState, StatusEntry
+
+BATCH = 100
+RUN_PARTITION = "run"
+DELTA_PARTITION = "delta"
+
+
+def _h2(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:2]
+
+
+def contact_to_json(contact: SpotlerContact) -> str:
+    properties: dict[str, Any] = {}
+    for name, value in contact.properties.items():
+        properties[name] = {"$set": {str(b): on for b, on in value.items()}} if isinstance(value, dict) else value
+    return json.dumps(
+        {
+            "x": contact.external_id,
+            "p": properties,
+            "b": {str(b): on for b, on in contact.permissions.items()},
+            "c": dict(contact.channels),
+            "l": contact.last_changed.isoformat() if contact.last_changed else None,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def contact_from_json(text: str) -> SpotlerContact:
+    data = json.loads(text)
+    properties: dict[str, Any] = {}
+    for name, value in dict(data.get("p", {})).items():
+        if isinstance(value, dict) and "$set" in value:
+            properties[name] = {int(b): bool(on) for b, on in value["$set"].items()}
+        else:
+            properties[name] = value
+    last = data.get("l")
+    return SpotlerContact(
+        external_id=str(data["x"]),
+        properties=properties,
+        permissions={int(b): bool(on) for b, on in dict(data.get("b", {})).items()},
+        channels={str(k): bool(v) for k, v in dict(data.get("c", {})).items()},
+        last_changed=datetime.fromisoformat(last) if last else None,
+    )
+
+
+class BulkTables:
+    """The bulk run tables on Azure Table Storage."""
+
+    def __init__(self, service: TableServiceClient, *, prefix: str = "sync") -> None:
+        self._service = service
+        self._prefix = prefix
+        self.runs = service.get_table_client(f"{prefix}bulkruns")
+        self.items = service.get_table_client(f"{prefix}bulkitems")
+        self.index = service.get_table_client(f"{prefix}bulkindex")
+        self.links = service.get_table_client(f"{prefix}links")
+        self.link_index = service.get_table_client(f"{prefix}index")
+        self.status = service.get_table_client(f"{prefix}status")
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_connection_string(cls, conn: str, *, prefix: str = "sync") -> BulkTables:
+        return cls(TableServiceClient.from_connection_string(conn), prefix=prefix)
+
+    async def ensure_ready(self) -> None:
+        async with self._lock:
+            if self._ready:
+                return
+            names = [f"{self._prefix}{s}" for s in ("bulkruns", "bulkitems", "bulkindex")]
+            await asyncio.gather(*(self._service.create_table_if_not_exists(n) for n in names))
+            self._ready = True
+
+    async def aclose(self) -> None:
+        for client in (self.runs, self.items, self.index, self.links, self.link_index, self.status):
+            await client.close()
+        await self._service.close()
+
+    # ------------------------------------------------------------------------------------------ runs
+
+    async def get_run(self, run_id: str) -> tuple[dict[str, Any], str] | None:
+        await self.ensure_ready()
+        try:
+            row = await self.runs.get_entity(RUN_PARTITION, run_id)
+        except ResourceNotFoundError:
+            return None
+        return json.loads(str(row["doc"])), str(row.metadata["etag"])
+
+    async def put_run(self, doc: Mapping[str, Any], etag: str | None) -> str:
+        """Create (etag None) or replace the run document if unchanged; ConcurrencyConflict otherwise."""
+        await self.ensure_ready()
+        entity = {"PartitionKey": RUN_PARTITION, "RowKey": str(doc["id"]), "doc": json.dumps(doc)}
+        try:
+            if etag is None:
+                result = await self.runs.create_entity(entity)
+            else:
+                result = await self.runs.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            raise ConcurrencyConflict(f"run {doc['id']} changed since it was read") from None
+        return str(result["etag"])
+
+    async def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        await self.ensure_ready()
+        docs: list[dict[str, Any]] = []
+        async for row in self.runs.query_entities("PartitionKey eq @pk", parameters={"pk": RUN_PARTITION}):
+            docs.append(json.loads(str(row["doc"])))
+        docs.sort(key=lambda d: str(d.get("started", "")), reverse=True)
+        return docs[:limit]
+
+    async def get_delta_link(self, entity: EntityName) -> str | None:
+        await self.ensure_ready()
+        try:
+            row = await self.runs.get_entity(DELTA_PARTITION, entity)
+        except ResourceNotFoundError:
+            return None
+        return str(row["link"]) or None
+
+    async def save_delta_link(self, entity: EntityName, link: str) -> None:
+        await self.ensure_ready()
+        await self.runs.upsert_entity(
+            {"PartitionKey": DELTA_PARTITION, "RowKey": entity, "link": link}, mode=UpdateMode.REPLACE
+        )
+
+    # ------------------------------------------------------------------------------------------ work items
+
+    async def item_done(self, run_id: str, phase: str, item_id: str) -> bool:
+        try:
+            await self.items.get_entity(f"{run_id}|{phase}", item_id, select=["RowKey"])
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    async def finish_item(self, run_id: str, phase: str, item_id: str, impact: Mapping[str, Any]) -> None:
+        await self.items.upsert_entity(
+            {"PartitionKey": f"{run_id}|{phase}", "RowKey": item_id, "impact": json.dumps(impact)},
+            mode=UpdateMode.REPLACE,
+        )
+
+    async def count_items(self, run_id: str, phase: str) -> int:
+        count = 0
+        async for _ in self.items.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": f"{run_id}|{phase}"}, select=["RowKey"]
+        ):
+            count += 1
+        return count
+
+    async def item_impacts(self, run_id: str, phase: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async for row in self.items.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": f"{run_id}|{phase}"}, select=["impact"]
+        ):
+            out.append(json.loads(str(row["impact"])))
+        return out
+
+    # ------------------------------------------------------------------------------------------ Spotler index
+
+    async def put_index(self, run_id: str, contacts: Iterable[tuple[SpotlerContact, str | None]]) -> None:
+        """Remember contacts (and the keyed hash of their e-mail address) for the run, in batches."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        seen: set[tuple[str, str]] = set()
+        for contact, email_h in contacts:
+            pk = f"{run_id}|x|{_h2(contact.external_id)}"
+            rk = codec.safe_key(contact.external_id)
+            if (pk, rk) not in seen:
+                seen.add((pk, rk))
+                groups.setdefault(pk, []).append({"PartitionKey": pk, "RowKey": rk, "c": contact_to_json(contact)})
+            if email_h is not None:
+                epk = f"{run_id}|e|{email_h[:2]}"
+                if (epk, email_h) not in seen:
+                    seen.add((epk, email_h))
+                    groups.setdefault(epk, []).append(
+                        {"PartitionKey": epk, "RowKey": email_h, "x": contact.external_id}
+                    )
+        await asyncio.gather(*(self._upsert_batches(self.index, rows) for rows in groups.values()))
+
+    async def _upsert_batches(self, table: TableClient, rows: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), BATCH):
+            ops: list[Any] = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows[start : start + BATCH]]
+            await table.submit_transaction(ops)
+
+    async def indexed_contact(self, run_id: str, external_id: str) -> SpotlerContact | None:
+        try:
+            row = await self.index.get_entity(f"{run_id}|x|{_h2(external_id)}", codec.safe_key(external_id))
+        except ResourceNotFoundError:
+            return None
+        return contact_from_json(str(row["c"]))
+
+    async def indexed_email(self, run_id: str, email_h: str) -> str | None:
+        try:
+            row = await self.index.get_entity(f"{run_id}|e|{email_h[:2]}", email_h)
+        except ResourceNotFoundError:
+            return None
+        return str(row["x"])
+
+    async def claim_email(
+        self, run_id: str, phase: str, email_h: str, entity: EntityName, record_id: str, external_id: str
+    ) -> LinkState | None:
+        """Take the e-mail address for this record in this run: None when taken (or already held by it), else
+        the record that holds it (as a link to its contact)."""
+        pk = f"{run_id}|{phase}|c|{email_h[:2]}"
+        row = {"PartitionKey": pk, "RowKey": email_h, "entity": entity, "record_id": record_id, "x": external_id}
+        try:
+            await self.index.create_entity(row)
+            return None
+        except ResourceExistsError:
+            current = await self.index.get_entity(pk, email_h)
+        if str(current["entity"]) == entity and str(current["record_id"]) == record_id:
+            return None  # a redelivered work item: the record already holds it
+        return LinkState(
+            entity=codec.index_target(current)[0],
+            record_id=str(current["record_id"]),
+            external_id=str(current["x"]),
+        )
+
+    # ------------------------------------------------------------------------------------------ links and status
+
+    async def save_links(self, state: StateStore, links: Sequence[LinkState]) -> int:
+        """Save links in batch transactions per table partition (insert new, replace-if-unchanged known).
+
+        A batch that loses a race (a live push saved one of its links meanwhile) is saved link by link; a link
+        that still conflicts keeps the newer state another writer left. Returns the links saved.
+        """
+        by_entity: dict[str, list[LinkState]] = {}
+        for link in links:
+            by_entity.setdefault(link.entity, []).append(link)
+        saved = 0
+        for entity, group in by_entity.items():
+            for start in range(0, len(group), BATCH):
+                part = group[start : start + BATCH]
+                ops: list[Any] = []
+                for link in part:
+                    row = _to_entity(entity, codec.safe_key(link.record_id), codec.link_to_props(link))
+                    if link.etag is None:
+                        ops.append(("create", row))
+                    else:
+                        ops.append(
+                            ("update", row, {"mode": UpdateMode.REPLACE, "etag": link.etag,
+                                             "match_condition": MatchConditions.IfNotModified})
+                        )  # fmt: skip
+                try:
+                    await self.links.submit_transaction(ops)
+                except TableTransactionError:
+                    saved += await self._save_one_by_one(state, part)
+                    continue
+                saved += len(part)
+                await self._index_links(part)
+        return saved
+
+    async def _save_one_by_one(self, state: StateStore, links: Sequence[LinkState]) -> int:
+        saved = 0
+        for link in links:
+            try:
+                await state.save_link(link)
+                saved += 1
+            except ConcurrencyConflict:
+                continue
+        return saved
+
+    async def _index_links(self, links: Sequence[LinkState]) -> None:
+        rows = [
+            _to_entity(p, codec.index_row_key(link.entity, link.record_id), codec.index_to_props(link))
+            for link in links
+            for p in codec.link_index_partitions(link)
+        ]
+        await asyncio.gather(*(self.link_index.upsert_entity(row, mode=UpdateMode.REPLACE) for row in rows))
+
+    async def append_statuses(self, entries: Sequence[StatusEntry]) -> None:
+        """One history row per record (the status history is partitioned per record)."""
+        rows = [
+            _to_entity(
+                codec.status_partition(e.entity, e.record_id),
+                codec.status_row_key(e.at),
+                codec.status_to_props(e),
+            )
+            for e in entries
+        ]
+        await asyncio.gather(*(self.status.create_entity(row) for row in rows))
+
+
+def utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def replace_link(link: LinkState, **changes: Any) -> LinkState:
+    return dataclasses.replace(link, **changes)
