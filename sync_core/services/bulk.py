@@ -49,7 +49,7 @@ from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
 from sync_core.ports import ConcurrencyConflict, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
-from sync_core.records import ENTITY_NAMES, AttrValue, ChangeKind, EntityName, RowUpdate, SpotlerContact
+from sync_core.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
 from sync_core.services.bulk_tables import BulkTables
 from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
 from sync_core.state.queue import EventQueue, MessageTooLarge
@@ -533,10 +533,7 @@ class BulkEngine:
             attrs = p.row.attributes
             if attrs is None or attrs.get("statecode", 0) not in (0, None) or p.previous is entry.reason:
                 continue  # gone, read-only (inactive), or the column already says so
-            changes: dict[str, AttrValue] = {cols.reason: entry.reason.value}
-            if cols.detail is not None:
-                changes[cols.detail] = entry.detail[:2000]
-            updates.append(RowUpdate(entity, entry.record_id, changes))
+            updates.append(RowUpdate(entity, entry.record_id, cols.values(entry.reason, entry.detail, entry.at)))
         if not updates:
             return
         try:

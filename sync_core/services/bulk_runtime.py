@@ -8,8 +8,7 @@ from sync_core.dataverse.client import DataverseClient
 from sync_core.dataverse.credentials import make_credential
 from sync_core.services.bulk import BulkEngine, BulkOptions
 from sync_core.services.bulk_tables import BulkTables
-from sync_core.services.push import StatusColumns
-from sync_core.services.runtime import Runtime, push_options
+from sync_core.services.runtime import Runtime, push_options, status_columns
 from sync_core.state.queue import EventQueue
 
 _engines: dict[int, BulkEngine] = {}
@@ -45,7 +44,7 @@ def build_bulk_engine(runtime: Runtime, *, advance_poll_seconds: int = 1) -> Bul
             advance_poll_seconds=advance_poll_seconds,
         ),
         clock=runtime.clock,
-        status_columns=StatusColumns(settings.dataverse_status_column, settings.dataverse_status_detail_column),
+        status_columns=status_columns(settings),
     )
 
 

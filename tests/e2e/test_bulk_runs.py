@@ -14,6 +14,7 @@ import httpx
 
 from sandboxes._server import free_port
 from sandboxes.bulk_data import LoadedCrm, load_crm
+from sync_core.reasons import reason_from_option
 from sync_core.services.bulk_runtime import get_bulk_engine
 from sync_core.services.runtime import get_runtime
 from tests.e2e.conftest import Connector, ConnectorFactory
@@ -220,3 +221,21 @@ async def test_contacts_stamped_ahead_of_the_clock_are_still_paired(connector: C
     assert summary["apply"]["outcomes"].get("update/updated") == crm.preexisting
     assert connector.spotler.store.call_counts().get("GET /contact/search", 0) == 0
     assert_loaded(connector, crm)
+
+
+async def test_a_backfill_writes_each_active_records_status_columns(connector_factory: ConnectorFactory) -> None:
+    async with connector_factory(
+        DATAVERSE_STATUS_COLUMN="sync_spotlerstatus",
+        DATAVERSE_STATUS_DETAIL_COLUMN="sync_spotlerstatusdetail",
+        DATAVERSE_STATUS_SYNCED_ON_COLUMN="sync_spotlerlastsynced",
+    ) as connector:
+        crm = load_crm(connector.dataverse.sandbox, connector.spotler.store, 40)
+        assert (await run(connector, "backfill"))["phase"] == "done"
+        dv = connector.dataverse.sandbox
+        state = get_runtime().state
+        for entity, record_id in sorted(crm.eligible):
+            row = dv.row(entity, record_id)
+            assert row is not None
+            [latest, *_] = await state.list_status(entity, record_id)
+            assert reason_from_option(row["sync_spotlerstatus"]) == latest.reason  # the column says what the route says
+            assert row["sync_spotlerlastsynced"]
