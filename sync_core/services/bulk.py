@@ -52,6 +52,7 @@ from sync_core.reasons import ReasonCode
 from sync_core.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
 from sync_core.services.bulk_tables import BulkTables
 from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
+from sync_core.services.runs import RunHistory, bulk_run
 from sync_core.state.queue import EventQueue, MessageTooLarge
 from sync_core.state_model import LinkState, StatusEntry
 
@@ -111,8 +112,10 @@ class BulkEngine:
         bulk: BulkOptions,
         clock: Callable[[], datetime],
         status_columns: StatusColumns = NO_STATUS_COLUMNS,
+        history: RunHistory | None = None,
     ) -> None:
         self._status_columns = status_columns
+        self._history = history
         self.tables = tables
         self.queue = queue
         self._state = state
@@ -360,6 +363,8 @@ class BulkEngine:
             doc = await self._update_run(run["id"], assessed)
             if doc["phase"] == "apply":
                 await self._send_first_scan(doc, "apply")
+            else:
+                await self._record_history(doc)
             log.info("bulk run assessed", extra={"run": run["id"], "phase": doc["phase"], "records": impact.records})
             return
 
@@ -369,10 +374,20 @@ class BulkEngine:
                 doc["phase"], doc["finished"] = "done", now
 
         doc = await self._update_run(run["id"], applied)
+        await self._record_history(doc)
         if doc["kind"] == "reconcile":
             for entity, link in doc["delta"].get("apply", {}).items():
                 await self.tables.save_delta_link(entity, link)
         log.info("bulk run finished", extra={"run": run["id"], "records": impact.records, "writes": impact.writes})
+
+    async def _record_history(self, doc: dict[str, Any]) -> None:
+        """A finished run joins the run history (`/api/runs`, the sync-health page); best effort."""
+        if self._history is None or doc["phase"] not in TERMINAL:
+            return
+        try:
+            await self._history.record_run(bulk_run(doc))
+        except Exception:
+            log.warning("bulk run not recorded in the run history", extra={"run": doc["id"]}, exc_info=True)
 
     # ------------------------------------------------------------------------------------------ work items
 

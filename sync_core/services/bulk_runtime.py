@@ -44,6 +44,7 @@ def build_bulk_engine(runtime: Runtime, *, advance_poll_seconds: int = 1) -> Bul
             advance_poll_seconds=advance_poll_seconds,
         ),
         clock=runtime.clock,
+        history=runtime.reports,
         status_columns=status_columns(settings),
     )
 

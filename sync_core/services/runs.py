@@ -69,6 +69,28 @@ def pull_run(
     )
 
 
+def bulk_run(doc: dict[str, Any]) -> RunRecord:
+    """The history entry of a finished bulk run (a reconcile run is kind `reconciliation`)."""
+    impact = doc.get("apply") or doc.get("assess") or {}
+    counts = {
+        "records": int(impact.get("records", 0)),
+        "massChanges": int(impact.get("massChanges", 0)),
+        "spotlerWrites": int(impact.get("spotlerWrites", 0)),
+    }
+    verdict = doc.get("verdict") or {}
+    note = "dry run" if doc.get("dryRun") else str(verdict.get("message", "")) if doc["phase"] == "stopped" else ""
+    started, finished = doc.get("started"), doc.get("finished")
+    return RunRecord(
+        kind="reconciliation" if doc["kind"] == "reconcile" else "bulk",
+        run_id=str(doc["id"]),
+        started=datetime.fromisoformat(started) if started else datetime.fromisoformat(str(finished)),
+        ended=datetime.fromisoformat(finished) if finished else None,
+        outcome="completed" if doc["phase"] == "done" else str(doc["phase"]),
+        counts=counts,
+        note=f"{doc['kind']}: {note}" if note else str(doc["kind"]),
+    )
+
+
 def run_view(run: RunRecord) -> dict[str, Any]:
     return {
         "kind": run.kind,

@@ -239,3 +239,16 @@ async def test_a_backfill_writes_each_active_records_status_columns(connector_fa
             [latest, *_] = await state.list_status(entity, record_id)
             assert reason_from_option(row["sync_spotlerstatus"]) == latest.reason  # the column says what the route says
             assert row["sync_spotlerlastsynced"]
+
+
+async def test_finished_bulk_runs_join_the_run_history(connector: Connector) -> None:
+    load_crm(connector.dataverse.sandbox, connector.spotler.store, 30)
+    dry = await run(connector, "backfill", {"dryRun": True})
+    real = await run(connector, "backfill")
+    async with httpx.AsyncClient() as http:
+        runs = (await http.get(f"{connector.host.url}/api/runs", params={"kind": "bulk"})).json()["runs"]
+    by_id = {r["runId"]: r for r in runs}
+    assert by_id[dry["run"]]["outcome"] == "completed"
+    assert by_id[dry["run"]]["note"] == "backfill: dry run"
+    assert by_id[real["run"]]["outcome"] == "completed"
+    assert by_id[real["run"]]["counts"]["records"] == real["apply"]["records"] > 0
