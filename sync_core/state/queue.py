@@ -22,6 +22,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from sync_core.state.bounds import queue_client_options
+
 MAX_ENCODED_MESSAGE_BYTES = 64 * 1024
 """A queue message is at most 64 KiB as stored, i.e. after base64 encoding."""
 
@@ -84,6 +86,7 @@ class EventQueue:
             validate_queue_name(queue_name),
             message_encode_policy=TextBase64EncodePolicy(),
             message_decode_policy=TextBase64DecodePolicy(),
+            **queue_client_options(),
         )
         return cls(client)
 
@@ -102,6 +105,7 @@ class EventQueue:
             credential=credential,
             message_encode_policy=TextBase64EncodePolicy(),
             message_decode_policy=TextBase64DecodePolicy(),
+            **queue_client_options(),
         )
         return cls(client)
 

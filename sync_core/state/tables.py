@@ -37,6 +37,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from sync_core.ports import ConcurrencyConflict
 from sync_core.records import EntityName
 from sync_core.state import codec
+from sync_core.state.bounds import table_client_options
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class TableStateStore:
 
     @classmethod
     def from_connection_string(cls, conn: str, *, prefix: str = "sync") -> TableStateStore:
-        return cls(TableServiceClient.from_connection_string(conn), prefix=prefix)
+        return cls(TableServiceClient.from_connection_string(conn, **table_client_options()), prefix=prefix)
 
     @classmethod
     def from_account(
@@ -119,7 +120,9 @@ class TableStateStore:
         endpoint_suffix: str = "core.windows.net",
     ) -> TableStateStore:
         endpoint = f"https://{account_name}.table.{endpoint_suffix}"
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
+        return cls(
+            TableServiceClient(endpoint=endpoint, credential=credential, **table_client_options()), prefix=prefix
+        )
 
     @property
     def table_names(self) -> tuple[str, ...]:
