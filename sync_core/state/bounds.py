@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.storage.queue import ExponentialRetry
-
 CONNECTION_TIMEOUT_SECONDS = 2
 """Time to open a connection to the storage account (loopback or same region: far less is normal)."""
 
@@ -36,14 +34,13 @@ def table_client_options() -> dict[str, Any]:
 
 
 def queue_client_options() -> dict[str, Any]:
-    """Keyword arguments for `QueueClient` (storage retry policy): back-off of ~0.5 s then ~2.5 s."""
+    """Keyword arguments for the async `QueueClient`, which builds its own (async) exponential retry policy from
+    them: back-off of ~0.5 s, then ~2 s, then ~2.75 s."""
     return {
-        "retry_policy": ExponentialRetry(
-            initial_backoff=0.5,  # type: ignore[arg-type]  # the policy computes with floats
-            increment_base=2,
-            retry_total=RETRY_TOTAL,
-            random_jitter_range=0.5,  # type: ignore[arg-type]
-        ),
+        "initial_backoff": 0.5,
+        "increment_base": 1.5,
+        "retry_total": RETRY_TOTAL,
+        "random_jitter_range": 0.5,
         "connection_timeout": CONNECTION_TIMEOUT_SECONDS,
         "read_timeout": READ_TIMEOUT_SECONDS,
     }
