@@ -17,7 +17,7 @@ from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, live_pe
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
 from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, SpotlerContact
-from sync_core.services.leases import RecordLeases, email_lease_name
+from sync_core.services.leases import DEFAULT_TTL, RecordLeases, email_lease_name
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 log = logging.getLogger("sync_core.push")
@@ -103,7 +103,7 @@ class PushService:
         clock: Callable[[], datetime],
         app_user_id: str | None = None,
         status_columns: StatusColumns = NO_STATUS_COLUMNS,
-        record_lease: timedelta = timedelta(minutes=5),
+        record_lease: timedelta = DEFAULT_TTL,
         lease_wait: timedelta = timedelta(seconds=10),
     ) -> None:
         self._state = state

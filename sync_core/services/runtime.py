@@ -59,6 +59,7 @@ class Runtime:
     health_extra: dict[str, Callable[[], Awaitable[Check]]] = field(default_factory=dict)
 
     async def aclose(self) -> None:
+        await self.push.leases.aclose()  # stop renewing; a lease still held expires within its TTL
         for closer in (self.spotler.aclose, self.dataverse.aclose, self.state.aclose, self.queue.aclose):
             try:
                 await closer()
