@@ -31,7 +31,6 @@ from sandboxes.stack import sandbox_stack
 from sync_core.records import ENTITY_NAMES
 from sync_core.services.runtime import get_runtime
 
-
 PROFILE_FORM_MAPPING = Path(__file__).resolve().parents[1] / "docs" / "examples" / "profile-update-form.json"
 
 
