@@ -26,7 +26,6 @@ from rich.table import Table
 from sandboxes.functions_host import LocalFunctionsHost
 from sandboxes.stack import sandbox_stack
 
-
 PROFILE_FORM = Path(__file__).resolve().parents[1] / "docs" / "examples" / "profile-update-form.json"
 
 
