@@ -213,7 +213,15 @@ class PushService:
         address: str | None,
         note: str,
     ) -> PushOutcome:
-        spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
+        email_match: SpotlerContact | None = None
+        if link is None and email is not None:
+            # No link points anywhere: one search by address finds the contact under the record's own id (a
+            # create whose link was never saved) as well as another contact that holds the address.
+            spotler, email_match = await self._own_or_holder(email, event.record_id), None
+            if spotler is not None and spotler.external_id != event.record_id:
+                spotler, email_match = None, spotler
+        else:
+            spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
         moved_from: SpotlerContact | None = None
         if link is not None and spotler is None and address is not None:
             # The linked contact is gone: Spotler merged it into the contact that holds the address. Follow it.
@@ -233,9 +241,6 @@ class PushService:
             if holder is not None and holder.external_id != link.external_id:
                 moved_from = spotler
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id, base={}), holder
-        email_match: SpotlerContact | None = None
-        if link is None and spotler is None and email is not None:
-            email_match = await self._holder(email)
         suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
         own_id = event.record_id
         target_id = link.external_id if link is not None else (email_match.external_id if email_match else own_id)
@@ -277,6 +282,13 @@ class PushService:
         return PushOutcome(
             plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
         )
+
+    async def _own_or_holder(self, email: str, own_id: str) -> SpotlerContact | None:
+        """The contact under `own_id` when it holds `email`, else the contact that holds it, if any."""
+        matches = await self._spotler.search_by_email(email)
+        matches = [m for m in matches if m.email and m.email.casefold() == email.casefold()]
+        own = [m for m in matches if m.external_id == own_id]
+        return own[0] if own else (min(matches, key=lambda m: m.external_id) if matches else None)
 
     async def _holder(self, email: str) -> SpotlerContact | None:
         """The Spotler contact that holds `email` (compared case-insensitively), if any."""
