@@ -278,7 +278,7 @@ class PushService:
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
         plan = await self._write_spotler(plan, event, mapping, address)
-        await self._remember(plan, event, now, status_columns=writable)
+        await self._remember(plan, event, now, status_columns=writable, previous=link)
         return PushOutcome(
             plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
         )
@@ -372,7 +372,15 @@ class PushService:
                 await self._spotler.anonymize_contact(holder.external_id)
         return _retarget(plan, holder.external_id, "found by e-mail")
 
-    async def _remember(self, plan: PushPlan, event: ChangeEvent, now: datetime, *, status_columns: bool) -> None:
+    async def _remember(
+        self,
+        plan: PushPlan,
+        event: ChangeEvent,
+        now: datetime,
+        *,
+        status_columns: bool,
+        previous: LinkState | None = None,
+    ) -> None:
         if plan.action is PushAction.RELINK and plan.relink_to is not None and plan.external_id is not None:
             await self._relink(event, plan, now)
         if plan.suppress is not None:
@@ -381,7 +389,7 @@ class PushService:
             await self._state.delete_suppression(plan.lift_suppression)
         if plan.link is not None:
             await self._state.save_link(plan.link)
-        if plan.record_status:
+        if plan.record_status and not _repeats_status(plan, previous):
             await self._record_status(
                 event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
             )
@@ -496,3 +504,14 @@ class PushService:
                 with contextlib.suppress(ConcurrencyConflict):
                     await self._state.save_link(dataclasses.replace(link, reason=reason, detail=detail, next_retry=due))
             await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)
+
+
+def _repeats_status(plan: PushPlan, previous: LinkState | None) -> bool:
+    """A save that changed nothing says what the record's last status said: no history entry, no status write."""
+    return (
+        plan.action is PushAction.NONE
+        and previous is not None
+        and previous.failures == 0
+        and previous.reason is plan.reason
+        and previous.detail == plan.detail
+    )
