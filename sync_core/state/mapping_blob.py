@@ -7,8 +7,6 @@ Read once when the runtime is built, with the same access as the state tables: t
 from __future__ import annotations
 
 from azure.core.exceptions import AzureError
-from azure.identity import DefaultAzureCredential
-from azure.storage.blob import BlobClient
 
 from sync_core.mapping import MappingError
 from sync_core.settings import Settings
@@ -16,6 +14,10 @@ from sync_core.settings import Settings
 
 def read_mapping_blob(settings: Settings, location: str) -> str:
     """The text of the blob `container/path`; MappingError naming the blob when it cannot be read."""
+    # Only a runtime with MAPPING_BLOB set pays for the blob SDK and azure.identity (cold start).
+    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
+    from azure.storage.blob import BlobClient  # noqa: PLC0415
+
     container, _, name = location.partition("/")
     conn = settings.resolved_storage_connection_string
     if conn is not None:
