@@ -166,6 +166,12 @@ class EventQueue:
         """Make a received message visible again at once (it keeps its dequeue count)."""
         await self._client.update_message(message_id, pop_receipt, visibility_timeout=0)
 
+    async def keep_hidden(self, message_id: str, pop_receipt: str, visibility_timeout: int) -> str:
+        """Hide a received message for another `visibility_timeout` seconds (its handler still runs); the new
+        pop receipt, which the next delete or update needs."""
+        updated = await self._client.update_message(message_id, pop_receipt, visibility_timeout=visibility_timeout)
+        return str(updated.pop_receipt)
+
     async def count(self) -> int:
         """Approximate number of messages, including ones currently received and hidden."""
         properties = await self._client.get_queue_properties()
@@ -263,6 +269,14 @@ class InMemoryEventQueue:
             if message.id == message_id and message.pop_receipt == pop_receipt:
                 message.visible_at = self._clock()
                 return
+        raise ResourceNotFoundError("The specified message does not exist.")
+
+    async def keep_hidden(self, message_id: str, pop_receipt: str, visibility_timeout: int) -> str:
+        for message in self._messages:
+            if message.id == message_id and message.pop_receipt == pop_receipt:
+                message.pop_receipt = uuid.uuid4().hex
+                message.visible_at = self._clock() + visibility_timeout
+                return message.pop_receipt
         raise ResourceNotFoundError("The specified message does not exist.")
 
     async def count(self) -> int:
