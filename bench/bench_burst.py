@@ -34,7 +34,9 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-async def burst(connection_string: str, records: int, batch_size: int, threshold: int, call_ms: float) -> list[float]:
+async def burst(
+    connection_string: str, records: int, batch_size: int, threshold: int, call_ms: float, label: str = ""
+) -> list[float]:
     """Seconds from each create to its contact's first write in Spotler."""
     landed: dict[str, float] = {}
     original = SpotlerStore._insert_one
@@ -70,7 +72,9 @@ async def burst(connection_string: str, records: int, batch_size: int, threshold
                     )
                     sent[record_id] = started
                 await asyncio.to_thread(dataverse.drain, timeout=600.0)
+                intake_done = time.monotonic() - min(sent.values())
                 await worker
+                print(f"{label}: every webhook answered {intake_done:.1f} s after the first save")
                 spotler.clear_faults()
     finally:
         SpotlerStore._insert_one = original  # type: ignore[method-assign]
@@ -101,7 +105,7 @@ def main() -> int:
         table.add_column(column)
     p95s = []
     for label, threshold in runs.items():
-        latencies = asyncio.run(burst(connection_string, args.records, args.batch_size, threshold, args.call_ms))
+        latencies = asyncio.run(burst(connection_string, args.records, args.batch_size, threshold, args.call_ms, label))
         p95 = _percentile(latencies, 0.95)
         p95s.append(p95)
         table.add_row(label, f"{statistics.median(latencies):.2f}", f"{p95:.2f}", f"{max(latencies):.2f}")
