@@ -34,8 +34,8 @@ def table_client_options() -> dict[str, Any]:
 
 
 def queue_client_options() -> dict[str, Any]:
-    """Keyword arguments for the async `QueueClient`, which builds its own (async) exponential retry policy from
-    them: back-off of ~0.5 s, then ~2 s, then ~2.75 s."""
+    """Keyword arguments for the storage SDK's clients (the async `QueueClient`, the mapping's `BlobClient`),
+    which build their own exponential retry policy from them: back-off of ~0.5 s, then ~2 s."""
     return {
         "initial_backoff": 0.5,
         "increment_base": 1.5,

@@ -10,6 +10,7 @@ from azure.core.exceptions import AzureError
 
 from sync_core.mapping import MappingError
 from sync_core.settings import Settings
+from sync_core.state.bounds import queue_client_options
 
 
 def read_mapping_blob(settings: Settings, location: str) -> str:
@@ -21,11 +22,15 @@ def read_mapping_blob(settings: Settings, location: str) -> str:
     container, _, name = location.partition("/")
     conn = settings.resolved_storage_connection_string
     if conn is not None:
-        client = BlobClient.from_connection_string(conn, container_name=container, blob_name=name)
+        client = BlobClient.from_connection_string(
+            conn, container_name=container, blob_name=name, **queue_client_options()
+        )
     else:
         credential = DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id)
         account_url = f"https://{settings.storage_account_name}.blob.core.windows.net"
-        client = BlobClient(account_url, container_name=container, blob_name=name, credential=credential)
+        client = BlobClient(
+            account_url, container_name=container, blob_name=name, credential=credential, **queue_client_options()
+        )
     try:
         with client:
             return client.download_blob(encoding="utf-8").readall()
