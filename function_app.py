@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from sync_core.records import ENTITY_NAMES, as_entity
-from sync_core.services.bulk import RunRequest, summary_of
-from sync_core.services.bulk_runtime import get_bulk_engine
-from sync_core.services.config_gate import hold_event_if_misconfigured, mapping_health, pull_paused
-from sync_core.services.operations import (
-    health_details,
-    list_records,
-    list_runs,
-    process_poison,
-    record_pull_run,
-    replay_from_page,
-    sync_health_page,
-)
-from sync_core.services.operations import health_verdict as _health_verdict
-from sync_core.services.runtime import Runtime, get_runtime
-from sync_core.services.status import dead_letter_view, record_status_view
-from sync_core.settings import SettingsError
+
+if TYPE_CHECKING:
+    from sync_core.services.bulk import RunRequest
+    from sync_core.services.runtime import Runtime
+    from sync_core.settings import SettingsError
+
+# The connector (its adapters, the Azure SDKs, pydantic-settings) is imported by the first call, not when the
+# host indexes the functions: a cold start pays for the handlers it runs, once.
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("function_app")
@@ -43,6 +35,8 @@ def _config_error(exc: SettingsError) -> func.HttpResponse:
 
 async def _configuration_error(runtime: Runtime) -> func.HttpResponse | None:
     """503 while the mapping does not fit Spotler or Dataverse: replays wait like the push and the pull."""
+    from sync_core.services.config_gate import mapping_health  # noqa: PLC0415
+
     mapping = await mapping_health(runtime)
     if not mapping.problems:
         return None
@@ -51,6 +45,9 @@ async def _configuration_error(runtime: Runtime) -> func.HttpResponse | None:
 
 async def dynamics_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Dataverse webhook: authenticate, parse, queue durably, answer 202 (or a clear 4xx)."""
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+    from sync_core.settings import SettingsError  # noqa: PLC0415
+
     try:
         runtime = get_runtime()
     except SettingsError as exc:
@@ -61,6 +58,9 @@ async def dynamics_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 async def push_worker(msg: func.QueueMessage) -> None:
     """Apply one queued change to Spotler; failures retry, and on the last delivery every failure dead-letters."""
+    from sync_core.services.config_gate import hold_event_if_misconfigured  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     runtime = get_runtime()
     if await hold_event_if_misconfigured(runtime, msg.get_body().decode("utf-8", errors="replace")):
         return  # configuration_error: queued again for after the next mapping check; nothing written
@@ -70,6 +70,10 @@ async def push_worker(msg: func.QueueMessage) -> None:
 
 async def spotler_pull(timer: func.TimerRequest) -> None:
     """Every 15 minutes: Spotler changes since the watermark to Dynamics, then due dead letters."""
+    from sync_core.services.config_gate import pull_paused  # noqa: PLC0415
+    from sync_core.services.operations import record_pull_run  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     runtime = get_runtime()
     if await pull_paused(runtime):
         return  # configuration_error: the watermark stays until the mapping fits again
@@ -89,6 +93,9 @@ async def spotler_pull(timer: func.TimerRequest) -> None:
 
 async def record_status(req: func.HttpRequest) -> func.HttpResponse:
     """The Spotler status of one record: reason code, last outcome and attempt, externalId (no e-mail)."""
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+    from sync_core.services.status import record_status_view  # noqa: PLC0415
+
     entity = as_entity(req.route_params.get("entity", ""))
     record_id = req.route_params.get("id", "").strip("{}").lower()
     if entity is None:
@@ -102,6 +109,9 @@ async def record_status(req: func.HttpRequest) -> func.HttpResponse:
 
 async def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Dead letters: events that kept failing, with their error, for operators."""
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+    from sync_core.services.status import dead_letter_view  # noqa: PLC0415
+
     runtime = get_runtime()
     letters = await runtime.state.list_dead_letters(limit=200)
     return _json(200, {"deadLetters": [dead_letter_view(d) for d in letters]})
@@ -109,6 +119,8 @@ async def list_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
 
 async def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     """Replay every dead letter now (after an outage); says how many were applied and how many remain."""
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     runtime = get_runtime()
     if (paused := await _configuration_error(runtime)) is not None:
         return paused
@@ -119,6 +131,8 @@ async def replay_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
 
 async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
     """Replay one dead letter now."""
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     entity = as_entity(req.route_params.get("entity", ""))
     event_id = req.route_params.get("event_id", "")
     if entity is None:
@@ -134,11 +148,15 @@ async def replay_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
 
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     """Anonymous: only healthy / degraded / unhealthy (the deep checks, at most every 30 s); no configuration."""
+    from sync_core.services.operations import health_verdict  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+    from sync_core.settings import SettingsError  # noqa: PLC0415
+
     try:
         runtime = get_runtime()
     except SettingsError:
         return _json(503, {"status": "unhealthy"})
-    verdict = await runtime.health_verdict.get(_health_verdict(runtime))
+    verdict = await runtime.health_verdict.get(health_verdict(runtime))
     return _json(503 if verdict == "unhealthy" else 200, {"status": verdict})
 
 
@@ -160,11 +178,18 @@ app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)(
 
 async def poison_worker(msg: func.QueueMessage) -> None:
     """`<queue>-poison`: whatever lands there becomes a dead letter (retried while storage does not answer)."""
+    from sync_core.services.operations import process_poison  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     await process_poison(get_runtime(), msg.get_body(), dequeue_count=msg.dequeue_count)
 
 
 async def health_details_route(req: func.HttpRequest) -> func.HttpResponse:
     """Function key: every check with its verdict; 503 when unhealthy."""
+    from sync_core.services.operations import health_details  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+    from sync_core.settings import SettingsError  # noqa: PLC0415
+
     try:
         runtime = get_runtime()
     except SettingsError as exc:
@@ -175,24 +200,36 @@ async def health_details_route(req: func.HttpRequest) -> func.HttpResponse:
 
 async def runs_route(req: func.HttpRequest) -> func.HttpResponse:
     """Function key: the newest pull, bulk and reconciliation runs with their counts and outcome."""
+    from sync_core.services.operations import list_runs  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     status, body = await list_runs(get_runtime(), dict(req.params))
     return _json(status, body)
 
 
 async def records_route(req: func.HttpRequest) -> func.HttpResponse:
     """Function key: records whose Spotler status is `reason` (default: the error reasons), paged by `cursor`."""
+    from sync_core.services.operations import list_records  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     status, body = await list_records(get_runtime(), dict(req.params))
     return _json(status, body)
 
 
 async def ui_page(req: func.HttpRequest) -> func.HttpResponse:
     """Function key: the sync-health page (server-rendered HTML)."""
+    from sync_core.services.operations import sync_health_page  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     status, html = await sync_health_page(get_runtime(), dict(req.params))
     return func.HttpResponse(html, status_code=status, mimetype="text/html", charset="utf-8")
 
 
 async def ui_replay(req: func.HttpRequest) -> func.HttpResponse:
     """Function key: the page's replay button; redirects back to the page with the outcome."""
+    from sync_core.services.operations import replay_from_page  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     location = await replay_from_page(
         get_runtime(), req.route_params.get("entity", ""), req.route_params.get("event_id", ""), dict(req.params)
     )
@@ -214,6 +251,10 @@ app.route(route="ui/deadletters/{entity}/{event_id}/replay", methods=["POST"], a
 
 async def _bulk_request(req: func.HttpRequest, kind: str) -> RunRequest | func.HttpResponse:
     """The run an HTTP call asks for, or a 400 that says what is wrong (nothing is started then)."""
+    from sync_core.services.bulk import RunRequest  # noqa: PLC0415
+    from sync_core.services.bulk_runtime import get_bulk_engine  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     try:
         body = req.get_json() if req.get_body() else {}
     except ValueError:
@@ -244,6 +285,9 @@ async def _bulk_request(req: func.HttpRequest, kind: str) -> RunRequest | func.H
 
 
 async def _start_bulk(req: func.HttpRequest, kind: str) -> func.HttpResponse:
+    from sync_core.services.bulk_runtime import get_bulk_engine  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     request = await _bulk_request(req, kind)
     if isinstance(request, func.HttpResponse):
         return request
@@ -268,6 +312,10 @@ async def bulk_reconcile(req: func.HttpRequest) -> func.HttpResponse:
 
 async def bulk_run(req: func.HttpRequest) -> func.HttpResponse:
     """A bulk run's phase, the guard's verdict and its counts."""
+    from sync_core.services.bulk import summary_of  # noqa: PLC0415
+    from sync_core.services.bulk_runtime import get_bulk_engine  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     doc = await get_bulk_engine(get_runtime()).run_doc(req.route_params.get("run_id", ""))
     if doc is None:
         return _json(404, {"error": "no such run"})
@@ -276,6 +324,9 @@ async def bulk_run(req: func.HttpRequest) -> func.HttpResponse:
 
 async def bulk_worker(msg: func.QueueMessage) -> None:
     """One message of a bulk run (index page, scan page, work item, advance); raising lets the queue retry."""
+    from sync_core.services.bulk_runtime import get_bulk_engine  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     try:
         text = msg.get_body().decode("utf-8")
     except UnicodeDecodeError:
@@ -289,6 +340,10 @@ async def bulk_worker(msg: func.QueueMessage) -> None:
 
 async def scheduled_reconcile(timer: func.TimerRequest) -> None:
     """RECONCILE_SCHEDULE (daily by default): repair changes whose webhook never arrived or never applied."""
+    from sync_core.services.bulk import RunRequest  # noqa: PLC0415
+    from sync_core.services.bulk_runtime import get_bulk_engine  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
     engine = get_bulk_engine(get_runtime())
     doc = await engine.start(RunRequest("reconcile", engine.mapped_entities()))
     log.info("reconcile run started", extra={"run": doc["id"]})

@@ -26,6 +26,8 @@ from rich.table import Table
 from sandboxes.functions_host import LocalFunctionsHost
 from sandboxes.stack import sandbox_stack
 
+PROFILE_FORM = Path(__file__).resolve().parents[1] / "docs" / "examples" / "profile-update-form.json"
+
 
 def _per(total: int, n: int) -> str:
     return f"{total / n:.2f}" if n else "-"
@@ -33,7 +35,10 @@ def _per(total: int, n: int) -> str:
 
 async def run(connection_string: str, records: int, page_size: int) -> list[tuple[str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str]] = []
-    with sandbox_stack(connection_string, name="bench", PULL_PAGE_SIZE=str(page_size)) as stack:
+    # The profile-form mapping syncs names both ways (the default mapping only writes Spotler): the pull has work.
+    with sandbox_stack(
+        connection_string, name="bench", PULL_PAGE_SIZE=str(page_size), MAPPING_FILE=str(PROFILE_FORM)
+    ) as stack:
         spotler, dataverse = stack.spotler, stack.dataverse
         async with LocalFunctionsHost(stack.settings) as host:
             host.register_webhooks(dataverse, key=stack.webhook_key)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import azure.functions as func
 import uvicorn
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from starlette.applications import Starlette
@@ -29,7 +33,7 @@ from sandboxes._server import free_port
 from sandboxes.dataverse import DataverseSandbox
 from sync_core.records import ENTITY_NAMES
 from sync_core.services.bulk_runtime import close_bulk_engines, get_bulk_engine
-from sync_core.services.runtime import get_runtime, host_max_dequeue_count, reset_runtime
+from sync_core.services.runtime import HOST_JSON, get_runtime, host_max_dequeue_count, reset_runtime
 from sync_core.services.worker import poison_queue_name
 from sync_core.state.queue import EventQueue, ReceivedMessage
 
@@ -95,6 +99,39 @@ def create_host_app() -> Starlette:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class QueueSemantics:
+    """host.json `extensions.queues`: how the host fetches and runs queue messages."""
+
+    batch_size: int = 16
+    new_batch_threshold: int = 8
+    max_polling_interval: float = 60.0
+
+
+def _seconds(text: object, default: float) -> float:
+    """A host.json TimeSpan ("00:00:02") in seconds."""
+    if not isinstance(text, str):
+        return default
+    try:
+        hours, minutes, seconds = text.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return default
+
+
+def host_queue_semantics(path: Path = HOST_JSON) -> QueueSemantics:
+    """The queue settings of host.json, with the host's defaults (batchSize 16, newBatchThreshold batchSize/2)."""
+    try:
+        queues = json.loads(path.read_text(encoding="utf-8"))["extensions"]["queues"]
+    except (OSError, ValueError, KeyError, TypeError):
+        queues = {}
+    batch = queues.get("batchSize", 16)
+    batch = batch if isinstance(batch, int) and batch > 0 else 16
+    threshold = queues.get("newBatchThreshold", batch // 2)
+    threshold = threshold if isinstance(threshold, int) and threshold >= 0 else batch // 2
+    return QueueSemantics(batch, threshold, _seconds(queues.get("maxPollingInterval"), 60.0))
+
+
 class LocalFunctionsHost:
     """The connector's functions on a loopback port, with the queue and timer triggers driven on demand."""
 
@@ -109,6 +146,7 @@ class LocalFunctionsHost:
         self._task: asyncio.Task[None] | None = None
         self._queue: EventQueue | None = None
         self._poison: EventQueue | None = None
+        self._receipts: dict[str, str] = {}  # the latest pop receipt of a message whose handler failed
         # The host moves a message to `<queue>-poison` after this many failed deliveries (host.json).
         self.max_dequeue_count = host_max_dequeue_count() or 5
 
@@ -156,26 +194,55 @@ class LocalFunctionsHost:
                 os.environ[key] = value
 
     async def run_queue(
-        self, *, idle_rounds: int = 3, max_rounds: int = 500, poll_seconds: float = 0.2, batch_size: int = 8
+        self,
+        *,
+        idle_rounds: int = 3,
+        max_rounds: int = 500,
+        poll_seconds: float | None = None,
+        batch_size: int | None = None,
+        new_batch_threshold: int | None = None,
     ) -> int:
         """Deliver queued events to the push worker until the queue stays empty; returns handled messages.
 
-        Like the host (host.json `batchSize`), a batch of messages is handled concurrently. A handler that
-        raises leaves its message to reappear after the visibility timeout, as in Azure.
+        As the Functions host does (host.json `extensions.queues`): it receives `batchSize` messages and handles
+        them concurrently, and receives the next batch as soon as no more than `newBatchThreshold` are still
+        running (not when the whole batch is done). An empty queue is polled again after a delay that doubles
+        from 100 ms up to `maxPollingInterval` (`poll_seconds` caps it here). A handler that raises leaves its
+        message to reappear after the visibility timeout, as in Azure.
         """
+        semantics = host_queue_semantics()
+        batch = batch_size or semantics.batch_size
+        threshold = semantics.new_batch_threshold if new_batch_threshold is None else new_batch_threshold
+        if batch_size is not None and new_batch_threshold is None:
+            threshold = batch // 2  # the host's default for a given batchSize
+        ceiling = semantics.max_polling_interval if poll_seconds is None else poll_seconds
         handled = 0
         idle = 0
-        for _ in range(max_rounds):
-            handled_now, failed = await self._deliver_batch(batch_size, self._visibility)
-            if handled_now or failed:
-                idle = 0
-                handled += handled_now
-                continue
-            if await self._event_queue().count() == 0:
-                idle += 1
-                if idle >= idle_rounds:
-                    break
-            await asyncio.sleep(poll_seconds)
+        delay = min(0.1, ceiling)
+        running: set[asyncio.Task[bool]] = set()
+        try:
+            for _ in range(max_rounds):
+                while len(running) > threshold:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    handled += sum(task.result() for task in done)
+                received = await self._event_queue().receive(max_messages=batch, visibility_timeout=self._visibility)
+                if received:
+                    idle, delay = 0, min(0.1, ceiling)
+                    running |= {asyncio.create_task(self._deliver_one(message)) for message in received}
+                    continue
+                if running:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    handled += sum(task.result() for task in done)
+                    continue
+                if await self._event_queue().count() == 0:
+                    idle += 1
+                    if idle >= idle_rounds:
+                        break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ceiling)
+        finally:
+            if running:
+                handled += sum(await asyncio.gather(*running))
         return handled
 
     async def run_queue_once(self, *, batch_size: int = 8) -> tuple[int, int]:
@@ -193,7 +260,8 @@ class LocalFunctionsHost:
             handled += handled_now
             failed += failed_now
         for message in failed:
-            await self._event_queue().release(message.id, message.pop_receipt)
+            with contextlib.suppress(HttpResponseError, ResourceNotFoundError):  # received again meanwhile
+                await self._event_queue().release(message.id, self._receipts.pop(message.id, message.pop_receipt))
         return handled, len(failed)
 
     def _event_queue(self) -> EventQueue:
@@ -207,27 +275,55 @@ class LocalFunctionsHost:
         """
         queue = self._event_queue()
         batch = await queue.receive(max_messages=batch_size, visibility_timeout=visibility)
-
-        async def deliver(message: ReceivedMessage) -> bool:
-            body = message.text.encode("utf-8")
-            try:
-                await function_app.push_worker(
-                    QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count)
-                )
-            except Exception:
-                if message.dequeue_count >= self.max_dequeue_count:
-                    # As the host does after maxDequeueCount failed deliveries: move it to `<queue>-poison`.
-                    log.info("queue handler failed on the last delivery; message moved to the poison queue")
-                    await self._poison_queue().send(message.text)
-                    await queue.delete(message.id, message.pop_receipt)
-                    return True
-                log.info("queue handler failed; the message will be delivered again", exc_info=True)
-                return False
-            await queue.delete(message.id, message.pop_receipt)
-            return True
-
-        outcomes = await asyncio.gather(*(deliver(m) for m in batch))
+        outcomes = await asyncio.gather(*(self._deliver_one(m, visibility) for m in batch))
         return sum(outcomes), [m for m, ok in zip(batch, outcomes, strict=True) if not ok]
+
+    async def _deliver_one(self, message: ReceivedMessage, visibility: int | None = None) -> bool:
+        """Hand one message to the queue handler; True when it is done with (deleted), False to deliver again."""
+        queue = self._event_queue()
+        body = message.text.encode("utf-8")
+        receipt = [message.pop_receipt]
+        hidden_for = visibility or self._visibility
+
+        async def keep_hidden() -> None:
+            # As the host does: a message stays hidden while its handler runs, however long that takes.
+            while True:
+                await asyncio.sleep(max(hidden_for / 3, 0.2))
+                try:
+                    receipt[0] = await queue.keep_hidden(message.id, receipt[0], max(hidden_for, 1))
+                except (HttpResponseError, ResourceNotFoundError):
+                    log.info("message visible again before its renewal; it may be delivered twice")
+                    return
+
+        keeper = asyncio.create_task(keep_hidden())
+        try:
+            await function_app.push_worker(QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count))
+        except Exception:
+            if message.dequeue_count >= self.max_dequeue_count:
+                # As the host does after maxDequeueCount failed deliveries: move it to `<queue>-poison`.
+                log.info("queue handler failed on the last delivery; message moved to the poison queue")
+                await self._stop(keeper)
+                await self._poison_queue().send(message.text)
+                await queue.delete(message.id, receipt[0])
+                return True
+            log.info("queue handler failed; the message will be delivered again", exc_info=True)
+            await self._stop(keeper)
+            self._receipts[message.id] = receipt[0]
+            return False
+        await self._stop(keeper)
+        try:
+            await queue.delete(message.id, receipt[0])
+        except (HttpResponseError, ResourceNotFoundError):
+            # Received again meanwhile (its renewal came too late): that delivery finishes it, as in Azure.
+            log.info("message received again while it was handled; left to that delivery")
+            return False
+        return True
+
+    @staticmethod
+    async def _stop(keeper: asyncio.Task[None]) -> None:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
 
     def _poison_queue(self) -> EventQueue:
         assert self._poison is not None, "the host is not running"

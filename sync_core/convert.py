@@ -6,7 +6,6 @@ written as, and both sides' values are reduced to a canonical form before they a
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import math
@@ -180,6 +179,23 @@ def canonical(field: FieldMapping, spotler_value: PropValue) -> Any:
 
 
 def value_hash(key: bytes, value: Any) -> str:
-    """Keyed hash of a canonical value (what link state stores instead of the value itself)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    """Keyed hash of a canonical value (what link state stores instead of the value itself).
+
+    The hashed text is the value's compact JSON (sorted keys); scalars, the common case, skip the encoder.
+    """
+    if value is None:
+        text = "null"
+    elif value is True:
+        text = "true"
+    elif value is False:
+        text = "false"
+    elif type(value) is str:
+        text = _json_string(value)
+    elif type(value) is int:
+        text = str(value)
+    else:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.digest(key, text.encode("utf-8"), "sha256").hex()[:32]
+
+
+_json_string = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes

@@ -306,18 +306,18 @@ def _desired(
         except ConversionError:
             out.conflicts.append(f"{f.dataverse}: value cannot be converted; not sent")
             continue
-        have = current_props.get(f.spotler)
-        want_c, have_c = canonical(f, want), canonical(f, have)
-        want_h, have_h = value_hash(key, want_c), value_hash(key, have_c)
         if is_blank(want) and not f.is_set and not _clears(f, options):
             continue  # blank and the policy keeps Spotler's value
+        have = current_props.get(f.spotler)
+        want_c, have_c = canonical(f, want), canonical(f, have)
+        want_h = value_hash(key, want_c)  # hashed once, and only where a hash is stored or compared
         if want_c == have_c:
             out.base[f.key] = want_h
             continue
         if f.direction is Direction.BOTH and not creating:
             old = base.get(f.key)
             dynamics_changed = old is None or want_h != old
-            spotler_changed = old is not None and have_h != old
+            spotler_changed = old is not None and value_hash(key, have_c) != old
             if not dynamics_changed and spotler_changed:
                 continue  # Spotler changed it; the pull brings it to Dynamics.
             if dynamics_changed and spotler_changed:

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
 
 CredentialKind = Literal["managed_identity", "client_secret", "default", "static_token"]
 
@@ -66,6 +65,8 @@ def make_credential(
     static_token: a fixed token (sandbox, local runs).
     """
     if kind == "managed_identity":
+        from azure.identity.aio import ManagedIdentityCredential  # noqa: PLC0415  # the kind in use only
+
         return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
     if kind == "client_secret":
         if not tenant_id:
@@ -74,8 +75,12 @@ def make_credential(
             raise ValueError("client_id is required for a client_secret credential")
         if not client_secret:
             raise ValueError("client_secret is required for a client_secret credential")
+        from azure.identity.aio import ClientSecretCredential  # noqa: PLC0415
+
         return ClientSecretCredential(tenant_id, client_id, client_secret)
     if kind == "default":
+        from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
+
         if client_id:
             return DefaultAzureCredential(managed_identity_client_id=client_id)
         return DefaultAzureCredential()

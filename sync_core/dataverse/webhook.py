@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -60,10 +61,7 @@ def parse_delivery(
 
     Raises WebhookPayloadError for malformed input and UnsupportedMessage for messages not synced.
     """
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise WebhookPayloadError("body is not valid JSON") from None
+    document = _load_json(body)
     if not isinstance(document, dict):
         raise WebhookPayloadError("body must be a JSON object")
     size_exceeded = any(name.lower() == SIZE_EXCEEDED_HEADER for name in headers)
@@ -72,6 +70,65 @@ def parse_delivery(
     if "entity" in document:
         return _parse_plugin(document, size_exceeded=size_exceeded)
     raise WebhookPayloadError("body is neither a RemoteExecutionContext (MessageName) nor plug-in JSON (entity)")
+
+
+def _reject_constant(name: str) -> Any:
+    raise WebhookPayloadError(f"body holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise WebhookPayloadError("body holds a number too large for a double")
+    return value
+
+
+def _load_json(body: bytes) -> Any:
+    """Strict JSON: finite numbers only, text that is valid Unicode (no lone surrogates), bounded nesting.
+
+    Everything the parser accepts can be re-encoded as UTF-8 JSON for the queue; anything else is a 400 here,
+    never an error later where a retry cannot help.
+    """
+    try:
+        document = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except WebhookPayloadError:
+        raise
+    except RecursionError:
+        raise WebhookPayloadError("body is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError):
+        raise WebhookPayloadError("body is not valid JSON") from None
+    _check_text(document)
+    return document
+
+
+MAX_NESTING = 256
+"""Deeper JSON than any Dataverse delivery is refused (a context nests about ten levels per ParentContext)."""
+
+
+def _check_text(document: Any) -> None:
+    """Every key and string is encodable as UTF-8 and the nesting is at most MAX_NESTING (iterative walk)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            _check_str(node)
+        elif isinstance(node, dict | list):
+            if depth >= MAX_NESTING:
+                raise WebhookPayloadError("body is nested too deeply")
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    _check_str(key)
+                    stack.append((value, depth + 1))
+            else:
+                stack.extend((value, depth + 1) for value in node)
+
+
+def _check_str(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise WebhookPayloadError("body holds text that is not valid Unicode (a lone surrogate)") from None
 
 
 # --- RemoteExecutionContext -------------------------------------------------------------------------
@@ -233,9 +290,12 @@ class _ValueConverter:
             if isinstance(amount, bool) or not isinstance(amount, int | float | str):
                 raise WebhookPayloadError(f"{where} Money.Value must be a number")
             try:
-                return float(amount)
+                money = float(amount)
             except ValueError:
                 raise WebhookPayloadError(f"{where} Money.Value must be a number") from None
+            if not math.isfinite(money):
+                raise WebhookPayloadError(f"{where} Money.Value must be a finite number")
+            return money
         if type_name == "EntityReference" or (not type_name and "LogicalName" in raw and "Id" in raw):
             if "Attributes" in raw:
                 return _SKIP  # a nested Entity is not a column value we sync
@@ -341,10 +401,15 @@ def _reference_id(raw: Any, where: str) -> str:
 def _row_version(raw: Any, where: str) -> int | None:
     if raw is None or raw == "":
         return None
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise WebhookPayloadError(f"{where} must be an integer string")
     try:
-        return int(raw)
-    except (TypeError, ValueError):
+        value = int(raw)
+    except ValueError:
         raise WebhookPayloadError(f"{where} must be an integer string") from None
+    if not 0 <= value < 2**63:
+        raise WebhookPayloadError(f"{where} is out of range")
+    return value
 
 
 def _int_or_none(value: AttrValue) -> int | None:
@@ -352,7 +417,7 @@ def _int_or_none(value: AttrValue) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         return int(value)
     return None
 

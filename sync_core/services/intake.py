@@ -5,6 +5,7 @@ A 202 means the event is in the queue. Nothing is persisted for a rejected reque
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError,
 from sync_core.event_codec import encode_event
 from sync_core.mapping import EntityMapping, MappingConfig
 from sync_core.records import ChangeEvent, ChangeKind
+from sync_core.state.bounds import WEBHOOK_STORAGE_DEADLINE_SECONDS
 from sync_core.state.queue import MessageTooLarge
 
 log = logging.getLogger("sync_core.intake")
@@ -47,8 +49,10 @@ class WebhookIntake:
         max_bytes: int,
         mapping: MappingConfig,
         app_user_id: str | None = None,
+        storage_deadline: float = WEBHOOK_STORAGE_DEADLINE_SECONDS,
     ) -> None:
         self._auth = authenticator
+        self._deadline = storage_deadline
         self._sink = sink
         self._max_bytes = max_bytes
         self._mapping = mapping
@@ -58,7 +62,11 @@ class WebhookIntake:
         """Queue the event with only the columns the sync reads; when even that is too large for one queue
         message (a long text column), queue it without values: the worker reads the row instead."""
         needed = set(mapping.columns())
-        event = dataclasses.replace(event, attributes={k: v for k, v in event.attributes.items() if k in needed})
+        event = dataclasses.replace(
+            event,
+            attributes={k: v for k, v in event.attributes.items() if k in needed},
+            changed=event.changed & needed,
+        )
         try:
             return await self._sink.send(encode_event(event))
         except MessageTooLarge:
@@ -89,7 +97,14 @@ class WebhookIntake:
         if event.made_by(self._app_user):
             return IntakeResult(200, "ignored: change made by the connector itself")
         try:
-            message_id = await self._queue(event, mapping)
+            async with asyncio.timeout(self._deadline):
+                message_id = await self._queue(event, mapping)
+        except MessageTooLarge:
+            # Even without values (a delete's address is all that is left): no retry can ever store it.
+            return IntakeResult(413, "event too large for the queue even without its column values")
+        except TimeoutError:
+            log.error("event could not be queued in time", extra={"entity": event.entity, "record_id": event.record_id})
+            return IntakeResult(503, "event could not be stored in time; retry")
         except Exception:
             log.exception("event could not be queued", extra={"entity": event.entity, "record_id": event.record_id})
             return IntakeResult(503, "event could not be stored; retry")

@@ -18,7 +18,7 @@ from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, live_pe
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
 from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, SpotlerContact
-from sync_core.services.leases import RecordLeases, email_lease_name
+from sync_core.services.leases import DEFAULT_TTL, RecordLeases, email_lease_name
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 log = logging.getLogger("sync_core.push")
@@ -114,7 +114,7 @@ class PushService:
         clock: Callable[[], datetime],
         app_user_id: str | None = None,
         status_columns: StatusColumns = NO_STATUS_COLUMNS,
-        record_lease: timedelta = timedelta(minutes=5),
+        record_lease: timedelta = DEFAULT_TTL,
         lease_wait: timedelta = timedelta(seconds=10),
         guard: ChangeGuard | None = None,
     ) -> None:
@@ -232,7 +232,15 @@ class PushService:
         address: str | None,
         note: str,
     ) -> PushOutcome:
-        spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
+        email_match: SpotlerContact | None = None
+        if link is None and email is not None:
+            # No link points anywhere: one search by address finds the contact under the record's own id (a
+            # create whose link was never saved) as well as another contact that holds the address.
+            spotler, email_match = await self._own_or_holder(email, event.record_id), None
+            if spotler is not None and spotler.external_id != event.record_id:
+                spotler, email_match = None, spotler
+        else:
+            spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
         moved_from: SpotlerContact | None = None
         if link is not None and spotler is None and address is not None:
             # The linked contact is gone: Spotler merged it into the contact that holds the address. Follow it.
@@ -252,9 +260,6 @@ class PushService:
             if holder is not None and holder.external_id != link.external_id:
                 moved_from = spotler
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id, base={}), holder
-        email_match: SpotlerContact | None = None
-        if link is None and spotler is None and email is not None:
-            email_match = await self._holder(email)
         suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
         own_id = event.record_id
         target_id = link.external_id if link is not None else (email_match.external_id if email_match else own_id)
@@ -300,10 +305,17 @@ class PushService:
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
         plan = await self._write_spotler(plan, event, mapping, address)
-        await self._remember(plan, event, now, status_columns=writable)
+        await self._remember(plan, event, now, status_columns=writable, previous=link)
         return PushOutcome(
             plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
         )
+
+    async def _own_or_holder(self, email: str, own_id: str) -> SpotlerContact | None:
+        """The contact under `own_id` when it holds `email`, else the contact that holds it, if any."""
+        matches = await self._spotler.search_by_email(email)
+        matches = [m for m in matches if m.email and m.email.casefold() == email.casefold()]
+        own = [m for m in matches if m.external_id == own_id]
+        return own[0] if own else (min(matches, key=lambda m: m.external_id) if matches else None)
 
     async def _holder(self, email: str) -> SpotlerContact | None:
         """The Spotler contact that holds `email` (compared case-insensitively), if any."""
@@ -387,7 +399,15 @@ class PushService:
                 await self._spotler.anonymize_contact(holder.external_id)
         return _retarget(plan, holder.external_id, "found by e-mail")
 
-    async def _remember(self, plan: PushPlan, event: ChangeEvent, now: datetime, *, status_columns: bool) -> None:
+    async def _remember(
+        self,
+        plan: PushPlan,
+        event: ChangeEvent,
+        now: datetime,
+        *,
+        status_columns: bool,
+        previous: LinkState | None = None,
+    ) -> None:
         if plan.action is PushAction.RELINK and plan.relink_to is not None and plan.external_id is not None:
             await self._relink(event, plan, now)
         if plan.suppress is not None:
@@ -396,7 +416,7 @@ class PushService:
             await self._state.delete_suppression(plan.lift_suppression)
         if plan.link is not None:
             await self._state.save_link(plan.link)
-        if plan.record_status:
+        if plan.record_status and not _repeats_status(plan, previous):
             await self._record_status(
                 event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
             )
@@ -511,3 +531,14 @@ class PushService:
                 with contextlib.suppress(ConcurrencyConflict):
                     await self._state.save_link(dataclasses.replace(link, reason=reason, detail=detail, next_retry=due))
             await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)
+
+
+def _repeats_status(plan: PushPlan, previous: LinkState | None) -> bool:
+    """A save that changed nothing says what the record's last status said: no history entry, no status write."""
+    return (
+        plan.action is PushAction.NONE
+        and previous is not None
+        and previous.failures == 0
+        and previous.reason is plan.reason
+        and previous.detail == plan.detail
+    )

@@ -60,6 +60,7 @@ class Runtime:
     guard: MassChangeGuard | None = None
 
     async def aclose(self) -> None:
+        await self.push.leases.aclose()  # stop renewing; a lease still held expires within its TTL
         for closer in (self.spotler.aclose, self.dataverse.aclose, self.state.aclose, self.queue.aclose):
             try:
                 await closer()

@@ -22,6 +22,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from sync_core.state.bounds import queue_client_options
+
 MAX_ENCODED_MESSAGE_BYTES = 64 * 1024
 """A queue message is at most 64 KiB as stored, i.e. after base64 encoding."""
 
@@ -84,6 +86,7 @@ class EventQueue:
             validate_queue_name(queue_name),
             message_encode_policy=TextBase64EncodePolicy(),
             message_decode_policy=TextBase64DecodePolicy(),
+            **queue_client_options(),
         )
         return cls(client)
 
@@ -102,6 +105,7 @@ class EventQueue:
             credential=credential,
             message_encode_policy=TextBase64EncodePolicy(),
             message_decode_policy=TextBase64DecodePolicy(),
+            **queue_client_options(),
         )
         return cls(client)
 
@@ -161,6 +165,12 @@ class EventQueue:
     async def release(self, message_id: str, pop_receipt: str) -> None:
         """Make a received message visible again at once (it keeps its dequeue count)."""
         await self._client.update_message(message_id, pop_receipt, visibility_timeout=0)
+
+    async def keep_hidden(self, message_id: str, pop_receipt: str, visibility_timeout: int) -> str:
+        """Hide a received message for another `visibility_timeout` seconds (its handler still runs); the new
+        pop receipt, which the next delete or update needs."""
+        updated = await self._client.update_message(message_id, pop_receipt, visibility_timeout=visibility_timeout)
+        return str(updated.pop_receipt)
 
     async def count(self) -> int:
         """Approximate number of messages, including ones currently received and hidden."""
@@ -259,6 +269,14 @@ class InMemoryEventQueue:
             if message.id == message_id and message.pop_receipt == pop_receipt:
                 message.visible_at = self._clock()
                 return
+        raise ResourceNotFoundError("The specified message does not exist.")
+
+    async def keep_hidden(self, message_id: str, pop_receipt: str, visibility_timeout: int) -> str:
+        for message in self._messages:
+            if message.id == message_id and message.pop_receipt == pop_receipt:
+                message.pop_receipt = uuid.uuid4().hex
+                message.visible_at = self._clock() + visibility_timeout
+                return message.pop_receipt
         raise ResourceNotFoundError("The specified message does not exist.")
 
     async def count(self) -> int:

@@ -28,6 +28,7 @@ from azure.data.tables.aio import TableServiceClient
 
 from sync_core.records import EntityName
 from sync_core.state import codec
+from sync_core.state.bounds import table_client_options
 from sync_core.state_model import LinkState
 
 log = logging.getLogger("sync_core.reports")
@@ -120,12 +121,14 @@ class TableReports:
 
     @classmethod
     def from_connection_string(cls, conn: str, *, prefix: str = "sync") -> TableReports:
-        return cls(TableServiceClient.from_connection_string(conn), prefix=prefix)
+        return cls(TableServiceClient.from_connection_string(conn, **table_client_options()), prefix=prefix)
 
     @classmethod
     def from_account(cls, account_name: str, credential: AsyncTokenCredential, *, prefix: str = "sync") -> TableReports:
         endpoint = f"https://{account_name}.table.core.windows.net"
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
+        return cls(
+            TableServiceClient(endpoint=endpoint, credential=credential, **table_client_options()), prefix=prefix
+        )
 
     async def _ensure(self) -> None:
         if self._ready:

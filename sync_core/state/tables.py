@@ -37,9 +37,13 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from sync_core.ports import ConcurrencyConflict
 from sync_core.records import EntityName
 from sync_core.state import codec
+from sync_core.state.bounds import table_client_options
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 
 logger = logging.getLogger(__name__)
+
+_READ_LINKS_KEPT = 4096
+"""Links whose index partitions are remembered from their last read (by ETag), to save a re-read before a save."""
 
 TABLE_SUFFIXES = ("links", "index", "watermarks", "status", "deadletters", "suppressions", "deliveries")
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
@@ -86,6 +90,7 @@ class TableStateStore:
     def __init__(self, service: TableServiceClient, *, prefix: str = "sync") -> None:
         self._service = service
         self._prefix = _validate_prefix(prefix)
+        self._read_links: dict[tuple[str, str], tuple[str, set[str]]] = {}
         self._links = self._table("links")
         self._index = self._table("index")
         self._watermarks = self._table("watermarks")
@@ -107,7 +112,7 @@ class TableStateStore:
 
     @classmethod
     def from_connection_string(cls, conn: str, *, prefix: str = "sync") -> TableStateStore:
-        return cls(TableServiceClient.from_connection_string(conn), prefix=prefix)
+        return cls(TableServiceClient.from_connection_string(conn, **table_client_options()), prefix=prefix)
 
     @classmethod
     def from_account(
@@ -119,7 +124,9 @@ class TableStateStore:
         endpoint_suffix: str = "core.windows.net",
     ) -> TableStateStore:
         endpoint = f"https://{account_name}.table.{endpoint_suffix}"
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
+        return cls(
+            TableServiceClient(endpoint=endpoint, credential=credential, **table_client_options()), prefix=prefix
+        )
 
     @property
     def table_names(self) -> tuple[str, ...]:
@@ -190,7 +197,19 @@ class TableStateStore:
     async def get_link(self, entity: EntityName, record_id: str) -> LinkState | None:
         await self._ensure()
         row = await self._get(self._links, entity, codec.safe_key(record_id))
-        return None if row is None else codec.link_from_props(_props(row), _etag(row))
+        if row is None:
+            return None
+        link = codec.link_from_props(_props(row), _etag(row))
+        self._remember_read(link)
+        return link
+
+    def _remember_read(self, link: LinkState) -> None:
+        """The index partitions of the link version with this ETag: a save guarded by it needs no re-read."""
+        if link.etag is None:
+            return
+        if len(self._read_links) >= _READ_LINKS_KEPT:
+            self._read_links.pop(next(iter(self._read_links)))
+        self._read_links[(link.entity, link.record_id)] = (link.etag, codec.link_index_partitions(link))
 
     async def links_for_external_id(self, external_id: str) -> list[LinkState]:
         if not external_id:
@@ -221,7 +240,12 @@ class TableStateStore:
         props = codec.link_to_props(link)
         row_key = codec.safe_key(link.record_id)
         old_partitions: set[str] = set()
-        if link.etag is not None:
+        read = self._read_links.pop((link.entity, link.record_id), None)
+        if link.etag is not None and read is not None and read[0] == link.etag:
+            # Read by this process at this very ETag: the replace below is guarded by it, so a change since
+            # then is still a ConcurrencyConflict, without reading the row again.
+            old_partitions = set(read[1])
+        elif link.etag is not None:
             current = await self._get(self._links, link.entity, row_key)
             if current is None or _etag(current) != link.etag:
                 raise ConcurrencyConflict(f"link {link.entity}/{link.record_id} changed since it was read")
@@ -241,7 +265,9 @@ class TableStateStore:
         )
         await self._put_index(link, added)
         await asyncio.gather(*(self._drop_index(p, link.entity, link.record_id) for p in removed))
-        return dataclasses.replace(link, etag=etag)
+        saved = dataclasses.replace(link, etag=etag)
+        self._remember_read(saved)
+        return saved
 
     async def _put_index(self, link: LinkState, partitions: set[str]) -> None:
         row = codec.index_row_key(link.entity, link.record_id)

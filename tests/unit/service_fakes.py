@@ -41,7 +41,7 @@ from sync_core.records import (
     SpotlerProperty,
     UpdatesPage,
 )
-from sync_core.services.leases import RecordLeases
+from sync_core.services.leases import DEFAULT_TTL, RecordLeases
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import ChangeGuard, PushService, StatusColumns
 from sync_core.spotler.errors import SpotlerContactExists, SpotlerContactOptedOut, SpotlerError, SpotlerNotFound
@@ -595,7 +595,7 @@ class World:
         *,
         app_user_id: str | None = APP_USER,
         status_columns: StatusColumns | None = None,
-        record_lease: timedelta = timedelta(minutes=5),
+        record_lease: timedelta = DEFAULT_TTL,
         lease_wait: timedelta | None = None,
         guard: ChangeGuard | None = None,
     ) -> PushService:

@@ -64,7 +64,7 @@ async def test_an_unexpected_failure_goes_back_to_the_queue_until_the_last_deliv
     world = World()
     world.dataverse.put_row("contact", RECORD, row_attributes(RECORD))
     body = encode_event(change(RECORD)).encode()
-    world.spotler.get_contact = _raise(ZeroDivisionError("boom"))  # type: ignore[method-assign]
+    world.spotler.search_by_email = _raise(ZeroDivisionError("boom"))  # type: ignore[method-assign]
     queue_worker = worker(world)
     for delivery in (1, 2):
         with pytest.raises(ZeroDivisionError):

@@ -55,8 +55,9 @@ async def test_create_makes_the_contact_links_it_and_a_duplicate_delivery_writes
     history = await world.state.list_status("contact", ID)
     assert [(s.reason, s.action, s.external_id) for s in history] == [(ReasonCode.CREATED, "create", ID)]
     calls_before = dict(world.spotler.calls)
-    # Look up, pair by e-mail, create, then confirm where the create landed (Spotler merges by address).
-    assert calls_before == {"get_contact": 2, "search_by_email": 1, "insert_contact": 1}
+    # No link: search by address (finds a contact under its own id or another holder), create, then confirm
+    # where the create landed (Spotler merges by address). No GET of a contact that no link points to.
+    assert calls_before == {"get_contact": 1, "search_by_email": 1, "insert_contact": 1}
 
     again = await push.handle(event, owner="msg-2")
 
