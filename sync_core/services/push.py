@@ -14,10 +14,19 @@ from sync_core.consent import email_hash, normalize_email
 from sync_core.errors import NotFoundError, SyncError
 from sync_core.event_codec import event_to_dict
 from sync_core.mapping import EntityMapping, MappingConfig
-from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, live_peers, plan_departure, plan_push
+from sync_core.plan import (
+    ENTITY_PRECEDENCE,
+    PushAction,
+    PushInput,
+    PushOptions,
+    PushPlan,
+    live_peers,
+    plan_departure,
+    plan_push,
+)
 from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
 from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, SpotlerContact
+from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, EventSource, SpotlerContact
 from sync_core.services.leases import DEFAULT_TTL, RecordLeases, email_lease_name
 from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
@@ -48,6 +57,7 @@ class PushOutcome:
     reason: ReasonCode | None
     detail: str
     external_id: str | None = None
+    successor: LinkState | None = None  # the record that speaks for the person now that this one left
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +186,33 @@ class PushService:
             # Released, not completed: an operator's replay of the dead letter must be able to claim it again.
             await self._state.release_delivery(event.idempotency_key, owner=owner)
             return PushOutcome("failed", ReasonCode.PERMANENT_ERROR, exc.message)
+        if outcome.successor is not None:
+            await self._hand_over(outcome.successor, owner)
         await self._state.complete_delivery(event.idempotency_key, owner=owner, now=now)
         return outcome
+
+    async def _hand_over(self, successor: LinkState, owner: str) -> None:
+        """The record that spoke for a shared contact left: the next one's values are written now, not on its
+        next save (the contact would keep the departed record's values until then)."""
+        lease = await self.leases.take(successor.entity, successor.record_id, owner)
+        if lease is None:
+            return  # a change of the successor is being applied right now; it writes its own values
+        try:
+            found = ChangeEvent(
+                entity=successor.entity,
+                record_id=successor.record_id,
+                kind=ChangeKind.UPDATE,
+                attributes={},
+                changed=frozenset(),
+                idempotency_key=f"handover:{successor.entity}:{successor.record_id}",
+                source=EventSource.PULL,
+                complete=False,
+            )
+            await self.apply_found(found, note="speaks for the person now")
+        except ConcurrencyConflict as exc:
+            raise RetryLater("the record taking over the Spotler contact changed at the same time") from exc
+        finally:
+            await self.leases.give_back(successor.entity, successor.record_id, lease)
 
     async def apply_found(self, event: ChangeEvent, *, note: str) -> PushOutcome:
         """Apply a change another run found (the caller holds the record's lease); `note` says who found it.
@@ -306,8 +341,12 @@ class PushService:
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
         plan = await self._write_spotler(plan, event, mapping, address)
         await self._remember(plan, event, now, status_columns=writable, previous=link)
+        # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
+        left = plan.action is PushAction.NONE and (plan.link is None or not plan.link.in_scope)
+        others = live_peers(peers, event.entity, event.record_id) if left else []
+        successor = min(others, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)) if others else None
         return PushOutcome(
-            plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id
+            plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id, successor
         )
 
     async def _own_or_holder(self, email: str, own_id: str) -> SpotlerContact | None:

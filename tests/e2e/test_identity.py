@@ -166,3 +166,26 @@ async def test_anonymize_finds_the_contact_that_holds_the_address_after_a_404(co
     view = await status(connector, "contact", contact_id)
     assert view["reason"] == "anonymized"
     assert view["spotlerExternalId"] == "crm-import-77"
+
+
+async def test_when_the_record_that_speaks_for_a_shared_contact_leaves_the_next_one_s_values_reach_spotler(
+    connector: Connector,
+) -> None:
+    # Found by the convergence run: twins, an edit of the contact, then the contact deactivated; the lead,
+    # never saved again, spoke for the person while Spotler kept the departed contact's job title.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", CONTACT)
+    lead_id = dv.create("lead", {**LEAD, "jobtitle": "Inkoper"})
+    await connector.deliver()
+    dv.edit("contact", contact_id, {"jobtitle": "Directeur"})
+    await connector.deliver()
+    shared = await linked_contact(connector, "lead", lead_id)
+    assert shared["properties"]["jobTitle"] == "Directeur"  # the contact row speaks for the person
+
+    dv.deactivate("contact", contact_id)
+    await connector.deliver()
+
+    shared = await linked_contact(connector, "lead", lead_id)
+    assert shared["anonymized"] is False
+    assert shared["properties"]["jobTitle"] == "Inkoper"  # the lead speaks for the person now
+    assert "speaks for the person now" in (await status(connector, "lead", lead_id))["detail"]
