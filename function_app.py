@@ -325,17 +325,29 @@ async def bulk_run(req: func.HttpRequest) -> func.HttpResponse:
 async def bulk_worker(msg: func.QueueMessage) -> None:
     """One message of a bulk run (index page, scan page, work item, advance); raising lets the queue retry."""
     from sync_core.services.bulk_runtime import get_bulk_engine  # noqa: PLC0415
+    from sync_core.services.operations import park_bulk_message  # noqa: PLC0415
     from sync_core.services.runtime import get_runtime  # noqa: PLC0415
 
+    runtime = get_runtime()
+    attempts = msg.dequeue_count or 1
     try:
         text = msg.get_body().decode("utf-8")
-    except UnicodeDecodeError:
-        log.error("undecodable bulk message dropped", extra={"message_id": msg.id})
+    except UnicodeDecodeError as exc:
+        await park_bulk_message(runtime, msg.get_body(), "BulkMessageError", f"not UTF-8: {exc.reason}", attempts)
         return
     try:
-        await get_bulk_engine(get_runtime()).handle(text)
-    except ValueError:
-        log.error("malformed bulk message dropped", extra={"message_id": msg.id})
+        await get_bulk_engine(runtime).handle(text)
+    except ValueError as exc:  # not a bulk message: parked where an operator sees it, never retried
+        await park_bulk_message(runtime, msg.get_body(), "BulkMessageError", str(exc), attempts)
+
+
+async def bulk_poison_worker(msg: func.QueueMessage) -> None:
+    """`<bulk queue>-poison`: a bulk message that failed every delivery becomes a visible dead letter."""
+    from sync_core.services.operations import park_bulk_message  # noqa: PLC0415
+    from sync_core.services.runtime import get_runtime  # noqa: PLC0415
+
+    reason = "moved to the poison queue by the Functions host after its last delivery failed"
+    await park_bulk_message(get_runtime(), msg.get_body(), "BulkWorkFailed", reason, msg.dequeue_count or 1)
 
 
 async def scheduled_reconcile(timer: func.TimerRequest) -> None:
@@ -354,6 +366,9 @@ app.route(route="bulk/resync", methods=["POST"], auth_level=func.AuthLevel.FUNCT
 app.route(route="bulk/reconcile", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)(bulk_reconcile)
 app.route(route="bulk/runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)(bulk_run)
 app.queue_trigger(arg_name="msg", queue_name="%BULK_QUEUE_NAME%", connection=QUEUE_CONNECTION)(bulk_worker)
+app.queue_trigger(arg_name="msg", queue_name="%BULK_QUEUE_NAME%-poison", connection=QUEUE_CONNECTION)(
+    bulk_poison_worker
+)
 app.timer_trigger(schedule="%RECONCILE_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)(
     scheduled_reconcile
 )

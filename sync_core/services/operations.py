@@ -140,6 +140,15 @@ async def replay_from_page(runtime: Runtime, entity_name: str, event_id: str, pa
     return link("ui", params.get("code"), notice=outcome)
 
 
+async def park_bulk_message(runtime: Runtime, body: bytes, error_class: str, message: str, attempts: int) -> None:
+    """A bulk-queue message that cannot be handled (malformed, or moved to its poison queue): a visible dead letter.
+
+    It holds the raw message; the run it belonged to is resumed with `python -m sync_core runs`, not by a replay.
+    """
+    assert runtime.worker is not None
+    await runtime.worker.park_message(body, error_class, message, attempts=attempts)
+
+
 async def process_poison(runtime: Runtime, body: bytes, *, dequeue_count: int | None) -> None:
     assert runtime.worker is not None
     await runtime.worker.deliver_poison(body, dequeue_count=dequeue_count)

@@ -214,6 +214,14 @@ class QueueWorker:
         )
         return Delivered(forwarded=True)
 
+    async def park_message(self, body: bytes, error_class: str, message: str, *, attempts: int) -> Delivered:
+        """Park a message of another queue (bulk work) as a dead letter holding its raw body, with its error class.
+
+        Raises while storage does not answer, so the queue delivers the message again.
+        """
+        text = body.decode("utf-8", errors="replace")
+        return await self._park_raw(text, _error_class(error_class)(message), attempts=attempts, host_poison=True)
+
     async def deliver_poison(self, body: bytes, *, dequeue_count: int | None) -> Delivered:
         """Turn a message of `<queue>-poison` into a dead letter. Raises while storage does not answer."""
         text = body.decode("utf-8", errors="replace")

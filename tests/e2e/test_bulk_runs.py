@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from azure.functions.queue import QueueMessage
 
+import function_app
 from sandboxes._server import free_port
 from sandboxes.bulk_data import LoadedCrm, load_crm
 from sync_core.reasons import reason_from_option
@@ -252,3 +254,18 @@ async def test_finished_bulk_runs_join_the_run_history(connector: Connector) -> 
     assert by_id[dry["run"]]["note"] == "backfill: dry run"
     assert by_id[real["run"]]["outcome"] == "completed"
     assert by_id[real["run"]]["counts"]["records"] == real["apply"]["records"] > 0
+
+
+async def test_a_bulk_message_that_cannot_be_handled_ends_as_a_visible_dead_letter(connector: Connector) -> None:
+    await function_app.bulk_worker(QueueMessage(id="m-1", body=b'["not", "a bulk message"]', dequeue_count=1))
+    await function_app.bulk_poison_worker(
+        QueueMessage(id="m-2", body=b'{"t": "item", "run": "r-1", "entity": "lead"}', dequeue_count=1)
+    )
+    async with httpx.AsyncClient() as http:
+        letters = (await http.get(f"{connector.host.url}/api/deadletters")).json()["deadLetters"]
+    by_class = {letter["errorClass"]: letter for letter in letters}
+    assert set(by_class) == {"BulkMessageError", "BulkWorkFailed"}
+    assert by_class["BulkWorkFailed"]["entity"] == "lead"
+    raw = await get_runtime().state.get_dead_letter("contact", by_class["BulkMessageError"]["eventId"])
+    assert raw is not None
+    assert raw.event == {"raw": '["not", "a bulk message"]'}

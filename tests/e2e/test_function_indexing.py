@@ -36,12 +36,14 @@ def test_every_function_is_indexed() -> None:
         "bulk_reconcile",
         "bulk_run",
         "bulk_worker",
+        "bulk_poison_worker",
         "scheduled_reconcile",
     }
 
 
 def test_bulk_work_has_its_own_queue_routes_with_a_function_key_and_a_configured_schedule() -> None:
     assert _bindings("bulk_worker")[0]["queueName"] == "%BULK_QUEUE_NAME%"
+    assert _bindings("bulk_poison_worker")[0]["queueName"] == "%BULK_QUEUE_NAME%-poison"
     for name, route in (("bulk_backfill", "bulk/backfill"), ("bulk_resync", "bulk/resync"),
                         ("bulk_reconcile", "bulk/reconcile")):  # fmt: skip
         trigger = _bindings(name)[0]
