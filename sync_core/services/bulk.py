@@ -196,6 +196,8 @@ class BulkEngine:
     async def handle(self, text: str) -> None:
         """Handle one bulk queue message. Raises on a transient failure (the queue delivers it again)."""
         message = unpack(text)
+        if "run" not in message:
+            raise ValueError("not a bulk message: it names no run")
         run = await self.run_doc(str(message["run"]))
         if run is None or run["phase"] in TERMINAL:
             return
@@ -209,7 +211,7 @@ class BulkEngine:
         elif kind == "advance":
             await self._advance(run)
         else:
-            log.error("unknown bulk message dropped", extra={"run": run["id"]})
+            raise ValueError(f"not a bulk message: unknown type {str(kind)[:40]!r}")
 
     async def _index(self, run: dict[str, Any], message: dict[str, Any]) -> None:
         """One page of Spotler's contact feed into the run's index; then the next page, or the first scan."""
