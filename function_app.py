@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from sync_core.records import ENTITY_NAMES, as_entity
+from sync_core.domain.records import ENTITY_NAMES, as_entity
 
 if TYPE_CHECKING:
     from sync_core.services.bulk import RunRequest

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from sandboxes.functions_host import LocalFunctionsHost
 from sandboxes.stack import sandbox_stack
-from sync_core.records import ENTITY_NAMES
+from sync_core.domain.records import ENTITY_NAMES
 from sync_core.services.runtime import get_runtime
 
 PROFILE_FORM_MAPPING = Path(__file__).resolve().parents[1] / "docs" / "examples" / "profile-update-form.json"

@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 from rich.table import Table
 
-from sync_core.consent import email_hash
-from sync_core.mapping import EntityMapping, default_mapping
-from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
-from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, ChangeKind, EntityName, SpotlerContact
-from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from sync_core.domain.consent import email_hash
+from sync_core.domain.mapping import EntityMapping, default_mapping
+from sync_core.domain.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import AttrValue, ChangeKind, EntityName, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
 
 KEY = b"benchmark-hash-key-0123456789abcd"
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sandboxes.functions_host import LocalFunctionsHost
 from sandboxes.stack import sandbox_stack
-from sync_core.reasons import reason_from_option
+from sync_core.domain.reasons import reason_from_option
 from sync_core.services.runtime import get_runtime
 from sync_core.services.status import record_status_view
 

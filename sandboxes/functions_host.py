@@ -31,7 +31,7 @@ from starlette.routing import Route
 import function_app
 from sandboxes._server import free_port
 from sandboxes.dataverse import DataverseSandbox
-from sync_core.records import ENTITY_NAMES
+from sync_core.domain.records import ENTITY_NAMES
 from sync_core.services.bulk_runtime import close_bulk_engines, get_bulk_engine
 from sync_core.services.runtime import HOST_JSON, get_runtime, host_max_dequeue_count, reset_runtime
 from sync_core.services.worker import poison_queue_name

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sync_core.bulk_plan import Impact
 from sync_core.cli.app import EXIT_FAILED, EXIT_REFUSED, app, context, fail
-from sync_core.records import as_entity
+from sync_core.domain.bulk_plan import Impact
+from sync_core.domain.records import as_entity
 from sync_core.services.bulk import LocalDriver, RunRequest, expected_items, impact_of, summary_of
 from sync_core.services.bulk_runtime import build_bulk_engine
 from sync_core.services.runtime import build_runtime

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from sync_core.cli.app import EXIT_FAILED, EXIT_REFUSED, app, context, fail
 from sync_core.dataverse.metadata import DataverseMetadata
-from sync_core.errors import SyncError
-from sync_core.mapping import MappingError
+from sync_core.domain.errors import SyncError
+from sync_core.domain.mapping import MappingError
 from sync_core.services.clients import dataverse_client
 from sync_core.services.dataverse_setup import SetupOptions, SetupReport, run_setup, steps_markdown
 from sync_core.services.mapping_check import configured_mapping

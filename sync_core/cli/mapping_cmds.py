@@ -13,8 +13,8 @@ from rich.table import Table
 
 from sync_core.cli.app import EXIT_FAILED, app, context, fail
 from sync_core.dataverse.metadata import DataverseMetadata
-from sync_core.mapping import MappingConfig, MappingError
-from sync_core.records import ENTITY_NAMES
+from sync_core.domain.mapping import MappingConfig, MappingError
+from sync_core.domain.records import ENTITY_NAMES
 from sync_core.services.clients import dataverse_client, spotler_client
 from sync_core.services.mapping_check import (
     MappingCheckResult,

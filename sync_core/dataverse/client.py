@@ -30,7 +30,7 @@ from sync_core.dataverse.errors import (
     DataverseRateLimited,
     DataverseTransient,
 )
-from sync_core.records import AttrValue, DataverseRow, EntityName, RowUpdate, RowUpdateResult
+from sync_core.domain.records import AttrValue, DataverseRow, EntityName, RowUpdate, RowUpdateResult
 
 logger = logging.getLogger("sync_core.dataverse")
 

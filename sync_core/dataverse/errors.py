@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sync_core.errors import (
+from sync_core.domain.errors import (
     AuthError,
     ConflictError,
     InvalidDataError,

@@ -5,7 +5,7 @@ Two formats are accepted on the same endpoint:
 * the RemoteExecutionContext JSON a registered webhook step posts (detected by its `MessageName`), and
 * the small plug-in JSON documented in docs/dataverse.md (detected by its `entity` field).
 
-Values are normalized to Web API form (see sync_core.records). Error messages name fields, never values.
+Values are normalized to Web API form (see sync_core.domain.records). Error messages name fields, never values.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sync_core.dataverse.errors import UnsupportedMessage, WebhookPayloadError
-from sync_core.records import ENTITY_NAMES, AttrValue, ChangeEvent, ChangeKind, EntityName, EventSource
+from sync_core.domain.records import ENTITY_NAMES, AttrValue, ChangeEvent, ChangeKind, EntityName, EventSource
 
 __all__ = [
     "DATE_ONLY_COLUMNS",

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_core.bulk_plan import (
+from sync_core.dataverse.client import DataverseClient, DeltaTokenExpired
+from sync_core.domain.bulk_plan import (
     MAX_ITEM_RECORDS,
     Impact,
     RunKind,
@@ -42,19 +43,18 @@ from sync_core.bulk_plan import (
     reason_for_result,
     unpack,
 )
-from sync_core.consent import email_hash, normalize_email
-from sync_core.dataverse.client import DataverseClient, DeltaTokenExpired
-from sync_core.errors import NotFoundError, SyncError
-from sync_core.mapping import EntityMapping, MappingConfig
-from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
-from sync_core.ports import ConcurrencyConflict, SpotlerGateway, StateStore
-from sync_core.reasons import ReasonCode
-from sync_core.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
+from sync_core.domain.consent import email_hash, normalize_email
+from sync_core.domain.errors import NotFoundError, SyncError
+from sync_core.domain.mapping import EntityMapping, MappingConfig
+from sync_core.domain.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
+from sync_core.domain.ports import ConcurrencyConflict, SpotlerGateway, StateStore
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
+from sync_core.domain.state_model import LinkState, StatusEntry
 from sync_core.services.bulk_tables import BulkTables
 from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
 from sync_core.services.runs import RunHistory, bulk_run
 from sync_core.state.queue import EventQueue, MessageTooLarge
-from sync_core.state_model import LinkState, StatusEntry
 
 _BULK_WRITES = (PushAction.CREATE, PushAction.UPDATE, PushAction.UNSUBSCRIBE)
 

@@ -29,11 +29,11 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from sync_core.ports import ConcurrencyConflict, StateStore
-from sync_core.records import EntityName, SpotlerContact
+from sync_core.domain.ports import ConcurrencyConflict, StateStore
+from sync_core.domain.records import EntityName, SpotlerContact
+from sync_core.domain.state_model import LinkState, StatusEntry
 from sync_core.state import codec
 from sync_core.state.tables import _to_entity
-from sync_core.state_model import LinkState, StatusEntry
 
 BATCH = 100
 RUN_PARTITION = "run"

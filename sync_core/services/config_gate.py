@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from sync_core.dataverse.client import DataverseClient
 from sync_core.dataverse.metadata import DataverseMetadata
-from sync_core.reasons import ReasonCode
+from sync_core.domain.reasons import ReasonCode
 from sync_core.services.mapping_check import MappingCheckCache, MappingCheckResult, check_mapping_live
 from sync_core.services.runtime import Runtime
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
 from sync_core.dataverse.metadata import AttributeInfo, DataverseMetadata
-from sync_core.mapping import MappingConfig
-from sync_core.reasons import REASON_OPTION_VALUES
-from sync_core.records import ENTITY_NAMES
-from sync_core.status_columns import ATTRIBUTE_TYPES, DUTCH, ENGLISH, REASON_LABELS, STATUS_COLUMNS, StatusColumn
+from sync_core.domain.mapping import MappingConfig
+from sync_core.domain.reasons import REASON_OPTION_VALUES
+from sync_core.domain.records import ENTITY_NAMES
+from sync_core.domain.status_columns import ATTRIBUTE_TYPES, DUTCH, ENGLISH, REASON_LABELS, STATUS_COLUMNS, StatusColumn
 
 log = logging.getLogger("sync_core.dataverse_setup")
 

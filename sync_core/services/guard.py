@@ -23,7 +23,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from sync_core.dataverse.credentials import make_credential
-from sync_core.records import EntityName
+from sync_core.domain.records import EntityName
 from sync_core.settings import Settings
 from sync_core.state import codec
 

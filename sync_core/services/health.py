@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sync_core.mapping import MappingConfig
-from sync_core.ports import SpotlerGateway, StateStore
-from sync_core.records import ENTITY_NAMES
+from sync_core.domain.mapping import MappingConfig
+from sync_core.domain.ports import SpotlerGateway, StateStore
+from sync_core.domain.records import ENTITY_NAMES
 from sync_core.services.pull import WATERMARK_NAME
 
 log = logging.getLogger("sync_core.health")

@@ -14,9 +14,9 @@ from typing import Protocol
 
 from sync_core.dataverse.auth import WebhookAuthenticator
 from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
-from sync_core.event_codec import encode_event
-from sync_core.mapping import EntityMapping, MappingConfig
-from sync_core.records import ChangeEvent, ChangeKind
+from sync_core.domain.event_codec import encode_event
+from sync_core.domain.mapping import EntityMapping, MappingConfig
+from sync_core.domain.records import ChangeEvent, ChangeKind
 from sync_core.state.bounds import WEBHOOK_STORAGE_DEADLINE_SECONDS
 from sync_core.state.queue import MessageTooLarge
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sync_core.ports import StateStore
-from sync_core.records import EntityName
+from sync_core.domain.ports import StateStore
+from sync_core.domain.records import EntityName
 
 log = logging.getLogger("sync_core.leases")
 

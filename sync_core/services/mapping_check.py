@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from sync_core.dataverse.metadata import AttributeInfo, AttributeSource
-from sync_core.mapping import EntityMapping, FieldMapping, MappingConfig, MappingError, default_mapping, parse_mapping
-from sync_core.records import ENTITY_NAMES, SpotlerProperty
+from sync_core.domain.mapping import (
+    EntityMapping,
+    FieldMapping,
+    MappingConfig,
+    MappingError,
+    default_mapping,
+    parse_mapping,
+)
+from sync_core.domain.records import ENTITY_NAMES, SpotlerProperty
 from sync_core.settings import Settings
 from sync_core.state.mapping_blob import read_mapping_blob
 

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from sync_core.reasons import ReasonCode
-from sync_core.records import as_entity
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import as_entity
 from sync_core.services.config_gate import mapping_health
 from sync_core.services.health import Check, HealthChecker, Verdict
 from sync_core.services.overview import BadQuery, Overview, parse_limit, parse_reasons

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sync_core.ports import StateStore
-from sync_core.reasons import ReasonCode
-from sync_core.records import EntityName
+from sync_core.domain.ports import StateStore
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import EntityName
+from sync_core.domain.state_model import LinkState
 from sync_core.services.pull import WATERMARK_NAME
 from sync_core.services.runs import RunHistory, run_view
 from sync_core.services.status import dead_letter_view
 from sync_core.state.reports import RUN_KINDS, TableReports
-from sync_core.state_model import LinkState
 
 ERROR_REASONS: tuple[str, ...] = tuple(code.value for code in ReasonCode if code.is_error)
 MAX_PAGE = 200

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sync_core.eligibility import is_active
-from sync_core.errors import SyncError
-from sync_core.event_codec import EventDecodeError, event_from_dict
-from sync_core.feed import FeedCursor, PagingMode, page_request, take_page
-from sync_core.mapping import MappingConfig
-from sync_core.merge import PullPlan, plan_pull
-from sync_core.plan import PushOptions
-from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
-from sync_core.reasons import ReasonCode
-from sync_core.records import (
+from sync_core.domain.eligibility import is_active
+from sync_core.domain.errors import SyncError
+from sync_core.domain.event_codec import EventDecodeError, event_from_dict
+from sync_core.domain.feed import FeedCursor, PagingMode, page_request, take_page
+from sync_core.domain.mapping import MappingConfig
+from sync_core.domain.merge import PullPlan, plan_pull
+from sync_core.domain.plan import PushOptions
+from sync_core.domain.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import (
     AttrValue,
     ChangeEvent,
     ChangeKind,
@@ -30,9 +30,9 @@ from sync_core.records import (
     RowUpdate,
     SpotlerContact,
 )
+from sync_core.domain.state_model import LinkState, StatusEntry, Watermark
 from sync_core.services.leases import RecordLeases
 from sync_core.services.push import NO_STATUS_COLUMNS, PushService, RetryLater, StatusColumns, backoff_delay
-from sync_core.state_model import LinkState, StatusEntry, Watermark
 
 log = logging.getLogger("sync_core.pull")
 

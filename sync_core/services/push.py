@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
-from sync_core.consent import email_hash, normalize_email
-from sync_core.errors import NotFoundError, SyncError
-from sync_core.event_codec import event_to_dict
-from sync_core.mapping import EntityMapping, MappingConfig
-from sync_core.plan import (
+from sync_core.domain.consent import email_hash, normalize_email
+from sync_core.domain.errors import NotFoundError, SyncError
+from sync_core.domain.event_codec import event_to_dict
+from sync_core.domain.mapping import EntityMapping, MappingConfig
+from sync_core.domain.plan import (
     ENTITY_PRECEDENCE,
     PushAction,
     PushInput,
@@ -24,11 +24,11 @@ from sync_core.plan import (
     plan_departure,
     plan_push,
 )
-from sync_core.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
-from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, ChangeEvent, ChangeKind, EntityName, EventSource, SpotlerContact
+from sync_core.domain.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import AttrValue, ChangeEvent, ChangeKind, EntityName, EventSource, SpotlerContact
+from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry
 from sync_core.services.leases import DEFAULT_TTL, RecordLeases, email_lease_name
-from sync_core.state_model import DeadLetter, LinkState, StatusEntry
 
 log = logging.getLogger("sync_core.push")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from sync_core.dataverse.auth import WebhookAuthenticator
 from sync_core.dataverse.credentials import make_credential
-from sync_core.mapping import MappingConfig, default_mapping, parse_mapping
-from sync_core.plan import PushOptions
-from sync_core.ports import DataverseGateway, SpotlerGateway, StateStore
+from sync_core.domain.mapping import MappingConfig, default_mapping, parse_mapping
+from sync_core.domain.plan import PushOptions
+from sync_core.domain.ports import DataverseGateway, SpotlerGateway, StateStore
 from sync_core.services.clients import dataverse_client, spotler_client
 from sync_core.services.guard import MassChangeGuard, live_guard
 from sync_core.services.health import CachedVerdict, Check, HealthChecker

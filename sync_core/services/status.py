@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sync_core.ports import StateStore
-from sync_core.reasons import ReasonCode
-from sync_core.records import EntityName
-from sync_core.state_model import DeadLetter, LinkState, StatusEntry
+from sync_core.domain.ports import StateStore
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import EntityName
+from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry
 
 
 def _iso(value: Any) -> str | None:

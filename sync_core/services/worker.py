@@ -24,12 +24,12 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from sync_core.event_codec import EventDecodeError, decode_event
-from sync_core.ports import StateStore
-from sync_core.records import ENTITY_NAMES, ChangeEvent, EntityName
+from sync_core.domain.event_codec import EventDecodeError, decode_event
+from sync_core.domain.ports import StateStore
+from sync_core.domain.records import ENTITY_NAMES, ChangeEvent, EntityName
+from sync_core.domain.state_model import DeadLetter
 from sync_core.services.intake import EventSink
 from sync_core.services.push import PushOutcome, PushService
-from sync_core.state_model import DeadLetter
 from sync_core.telemetry import Recorder, current, log_fields, seconds_between, sync_attributes
 
 log = logging.getLogger("sync_core.worker")

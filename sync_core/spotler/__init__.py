@@ -1,4 +1,4 @@
-"""Spotler Mail+ REST adapter: `SpotlerClient` implements `sync_core.ports.SpotlerGateway`."""
+"""Spotler Mail+ REST adapter: `SpotlerClient` implements `sync_core.domain.ports.SpotlerGateway`."""
 
 from sync_core.spotler.client import SpotlerClient
 from sync_core.spotler.errors import (

@@ -35,9 +35,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sync_core.errors import RateLimitedError, TransientError
-from sync_core.feed import MAX_PAGE_SIZE
-from sync_core.records import BulkItemResult, SpotlerContact, SpotlerProperty, UpdatesPage
+from sync_core.domain.errors import RateLimitedError, TransientError
+from sync_core.domain.feed import MAX_PAGE_SIZE
+from sync_core.domain.records import BulkItemResult, SpotlerContact, SpotlerProperty, UpdatesPage
 from sync_core.spotler import wire
 from sync_core.spotler.errors import (
     SpotlerConnectionError,
@@ -105,7 +105,7 @@ def _install_redaction(signer: OAuth1Signer) -> None:
 
 
 class SpotlerClient:
-    """Async client for Spotler's contact API; implements `sync_core.ports.SpotlerGateway`.
+    """Async client for Spotler's contact API; implements `sync_core.domain.ports.SpotlerGateway`.
 
     Use one instance for the app's lifetime (it pools connections) and close it with `aclose()` or
     `async with`. Pass `http` to share an existing `httpx.AsyncClient`; it is then not closed by this client.

@@ -1,6 +1,6 @@
 """Spotler's failures mapped onto the shared error tree.
 
-Every class also derives from a `sync_core.errors` base, so services catch `NotFoundError`,
+Every class also derives from a `sync_core.domain.errors` base, so services catch `NotFoundError`,
 `RateLimitedError` and friends without knowing about Spotler. `message` holds Spotler's own message with
 e-mail addresses redacted; `code` holds its `errorType`.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from sync_core.errors import (
+from sync_core.domain.errors import (
     AuthError,
     ConflictError,
     InvalidDataError,

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
-from sync_core.records import (
+from sync_core.domain.records import (
     PERMISSIONS_PROPERTY,
     BulkItemResult,
     PropValue,

@@ -9,7 +9,7 @@ from sync_core.state.queue import EventQueue, InMemoryEventQueue, ReceivedMessag
 from sync_core.state.tables import TableStateStore
 
 if TYPE_CHECKING:
-    from sync_core.ports import StateStore
+    from sync_core.domain.ports import StateStore
 
     def _conforms(table: TableStateStore, memory: InMemoryStateStore) -> tuple[StateStore, StateStore]:
         """Checked by mypy only: both stores implement the StateStore Protocol."""

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_core.reasons import ReasonCode
-from sync_core.records import ENTITY_NAMES, EntityName
-from sync_core.state_model import (
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ENTITY_NAMES, EntityName
+from sync_core.domain.state_model import (
     DeadLetter,
     LinkState,
     StatusEntry,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from azure.core.exceptions import AzureError
 
-from sync_core.mapping import MappingError
+from sync_core.domain.mapping import MappingError
 from sync_core.settings import Settings
 from sync_core.state.bounds import queue_client_options
 

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from sync_core.ports import ConcurrencyConflict
-from sync_core.records import EntityName
+from sync_core.domain.ports import ConcurrencyConflict
+from sync_core.domain.records import EntityName
+from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 from sync_core.state import codec
-from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 
 _Key = tuple[str, str]
 

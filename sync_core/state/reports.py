@@ -26,10 +26,10 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import EdmType, EntityProperty, UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
-from sync_core.records import EntityName
+from sync_core.domain.records import EntityName
+from sync_core.domain.state_model import LinkState
 from sync_core.state import codec
 from sync_core.state.bounds import table_client_options
-from sync_core.state_model import LinkState
 
 log = logging.getLogger("sync_core.reports")
 

@@ -34,11 +34,11 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import EdmType, EntityProperty, TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from sync_core.ports import ConcurrencyConflict
-from sync_core.records import EntityName
+from sync_core.domain.ports import ConcurrencyConflict
+from sync_core.domain.records import EntityName
+from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 from sync_core.state import codec
 from sync_core.state.bounds import table_client_options
-from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 
 logger = logging.getLogger(__name__)
 

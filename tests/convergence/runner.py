@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sync_core.mapping import default_mapping_text
+from sync_core.domain.mapping import default_mapping_text
 from tests.convergence.invariants import Violation, check, dataverse_writes, spotler_writes
 from tests.convergence.operations import EXCLUDED_JOB_TITLE, Op
 from tests.convergence.world import SPOTLER_TIMEOUT, World, norm

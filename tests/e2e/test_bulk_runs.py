@@ -16,7 +16,7 @@ from azure.functions.queue import QueueMessage
 import function_app
 from sandboxes._server import free_port
 from sandboxes.bulk_data import LoadedCrm, load_crm
-from sync_core.reasons import reason_from_option
+from sync_core.domain.reasons import reason_from_option
 from sync_core.services.bulk_runtime import get_bulk_engine
 from sync_core.services.runtime import get_runtime
 from tests.e2e.conftest import Connector, ConnectorFactory

@@ -12,7 +12,7 @@ import httpx
 
 from sync_core.dataverse import DataverseClient, StaticTokenCredential
 from sync_core.dataverse.metadata import DataverseMetadata
-from sync_core.mapping import default_mapping
+from sync_core.domain.mapping import default_mapping
 from sync_core.services.dataverse_setup import SetupOptions, run_setup
 from sync_core.services.runtime import get_runtime
 from tests.e2e.conftest import WEBHOOK_KEY, Connector, ConnectorFactory

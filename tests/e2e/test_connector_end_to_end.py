@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sync_core.reasons import reason_from_option
+from sync_core.domain.reasons import reason_from_option
 from tests.e2e.conftest import WEBHOOK_KEY, Connector, ConnectorFactory
 from tests.e2e.support import PROFILE_FORM_MAPPING, reason
 
@@ -133,7 +133,7 @@ async def test_health_answers_only_its_verdict(connector: Connector) -> None:
 
 
 async def test_delete_of_an_unlinked_record_tombstones_the_address_from_its_pre_image(connector: Connector) -> None:
-    from sync_core.consent import email_hash
+    from sync_core.domain.consent import email_hash
     from sync_core.services.runtime import get_runtime
 
     dv, sp = connector.dataverse.sandbox, connector.spotler.store

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sync_core.mapping import default_mapping_text
+from sync_core.domain.mapping import default_mapping_text
 from tests.e2e.conftest import Connector, ConnectorFactory
 from tests.e2e.support import permission, reason, spotler_contact, status
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sync_core.mapping import default_mapping_text
+from sync_core.domain.mapping import default_mapping_text
 from tests.e2e.conftest import Connector, ConnectorFactory
 from tests.e2e.support import reason, spotler_contact, status
 

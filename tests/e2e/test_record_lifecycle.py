@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sync_core.mapping import default_mapping_text
+from sync_core.domain.mapping import default_mapping_text
 from tests.e2e.conftest import Connector, ConnectorFactory
 from tests.e2e.support import permission, reason, spotler_contact, spotler_writes, status
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sync_core.cli.main import app
-from sync_core.mapping import default_mapping
+from sync_core.domain.mapping import default_mapping
 from tests.fixtures.dataverse import DataverseSandboxHandle
 from tests.fixtures.spotler import SpotlerSandbox
 

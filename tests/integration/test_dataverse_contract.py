@@ -21,8 +21,8 @@ from sync_core.dataverse import (
     StaticTokenCredential,
     make_credential,
 )
-from sync_core.errors import ConflictError, NotFoundError, RateLimitedError, TransientError
-from sync_core.records import RowUpdate
+from sync_core.domain.errors import ConflictError, NotFoundError, RateLimitedError, TransientError
+from sync_core.domain.records import RowUpdate
 from tests.fixtures.dataverse import DataverseSandboxHandle
 
 COLUMNS = ["firstname", "lastname", "fullname", "emailaddress1", "statecode", "modifiedon"]

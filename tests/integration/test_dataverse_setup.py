@@ -11,8 +11,8 @@ import pytest
 
 from sync_core.dataverse import DataverseClient, DataverseInvalidData
 from sync_core.dataverse.metadata import DataverseMetadata
-from sync_core.mapping import default_mapping, parse_mapping
-from sync_core.reasons import REASON_OPTION_VALUES
+from sync_core.domain.mapping import default_mapping, parse_mapping
+from sync_core.domain.reasons import REASON_OPTION_VALUES
 from sync_core.services.dataverse_setup import SetupOptions, run_setup
 from sync_core.services.mapping_check import check_mapping_live
 from sync_core.spotler.client import SpotlerClient

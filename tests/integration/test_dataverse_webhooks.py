@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from sandboxes._server import BackgroundServer
 from sync_core.dataverse import DataverseClient, WebhookAuthenticator, parse_delivery
-from sync_core.records import ChangeEvent, ChangeKind
+from sync_core.domain.records import ChangeEvent, ChangeKind
 from tests.fixtures.dataverse import DataverseSandboxHandle
 
 KEY = "function-key-for-tests"

@@ -7,7 +7,7 @@ import json
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from sync_core.mapping import MappingError, default_mapping
+from sync_core.domain.mapping import MappingError, default_mapping
 from sync_core.services.mapping_check import configured_mapping
 from sync_core.services.runtime import load_mapping
 from sync_core.settings import load_settings

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from sync_core.errors import (
+from sync_core.domain.errors import (
     AuthError,
     ConflictError,
     InvalidDataError,
@@ -30,8 +30,8 @@ from sync_core.errors import (
     RateLimitedError,
     TransientError,
 )
-from sync_core.ports import SpotlerGateway
-from sync_core.records import SpotlerContact
+from sync_core.domain.ports import SpotlerGateway
+from sync_core.domain.records import SpotlerContact
 from sync_core.spotler.client import SpotlerClient
 from sync_core.spotler.errors import (
     SpotlerConnectionError,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from authlib.oauth1.rfc5849.client_auth import ClientAuth
 
-from sync_core.records import SpotlerContact
+from sync_core.domain.records import SpotlerContact
 from sync_core.spotler.client import SpotlerClient
 from sync_core.spotler.errors import SpotlerContactOptedOut, SpotlerInvalidData
 from sync_core.spotler.signing import OAuth1Signer

@@ -12,10 +12,9 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.data.tables.aio import TableServiceClient
 
-from sync_core.ports import ConcurrencyConflict, StateStore
-from sync_core.reasons import ReasonCode
-from sync_core.state import InMemoryStateStore, TableStateStore
-from sync_core.state_model import (
+from sync_core.domain.ports import ConcurrencyConflict, StateStore
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.state_model import (
     DeadLetter,
     LinkState,
     StatusEntry,
@@ -23,6 +22,7 @@ from sync_core.state_model import (
     SuppressionCause,
     Watermark,
 )
+from sync_core.state import InMemoryStateStore, TableStateStore
 from tests.fixtures.azurite import AzuriteInstance, azurite, storage_prefix  # noqa: F401
 
 T0 = datetime(2024, 5, 17, 9, 30, 12, 345678, tzinfo=UTC)

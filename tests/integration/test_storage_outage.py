@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sync_core.dataverse.auth import WebhookAuthenticator
-from sync_core.mapping import default_mapping
+from sync_core.domain.mapping import default_mapping
 from sync_core.services.intake import WebhookIntake
 from sync_core.state.queue import EventQueue
 from sync_core.state.tables import TableStateStore

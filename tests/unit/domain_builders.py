@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_core.consent import email_hash
-from sync_core.mapping import EntityMapping, MappingConfig, default_mapping_text, parse_mapping
-from sync_core.plan import PushAction, PushInput, PushOptions, plan_push
-from sync_core.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
-from sync_core.state_model import LinkState
+from sync_core.domain.consent import email_hash
+from sync_core.domain.mapping import EntityMapping, MappingConfig, default_mapping_text, parse_mapping
+from sync_core.domain.plan import PushAction, PushInput, PushOptions, plan_push
+from sync_core.domain.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
+from sync_core.domain.state_model import LinkState
 
 KEY = b"unit-test-hash-key-0123456789abc"
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

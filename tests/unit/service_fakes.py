@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from sync_core.dataverse.client import ROW_NOT_FOUND_CODE
 from sync_core.dataverse.errors import DataverseConflict, DataverseNotFound
-from sync_core.mapping import MappingConfig
-from sync_core.ports import DataverseGateway, SpotlerGateway
-from sync_core.records import (
+from sync_core.domain.mapping import MappingConfig
+from sync_core.domain.ports import DataverseGateway, SpotlerGateway
+from sync_core.domain.records import (
     PERMISSIONS_PROPERTY,
     AttrValue,
     BulkItemResult,
@@ -41,12 +41,12 @@ from sync_core.records import (
     SpotlerProperty,
     UpdatesPage,
 )
+from sync_core.domain.state_model import LinkState, Watermark
 from sync_core.services.leases import DEFAULT_TTL, RecordLeases
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import ChangeGuard, PushService, StatusColumns
 from sync_core.spotler.errors import SpotlerContactExists, SpotlerContactOptedOut, SpotlerError, SpotlerNotFound
 from sync_core.state import InMemoryStateStore
-from sync_core.state_model import LinkState, Watermark
 from tests.unit.domain_builders import T0, options, person, two_way_names_mapping
 
 MAX_FEED_PAGE = 10_000

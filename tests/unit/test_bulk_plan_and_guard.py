@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sync_core.bulk_plan import (
+from sync_core.domain.bulk_plan import (
     Impact,
     WorkRow,
     check_mass_change,
@@ -16,11 +16,11 @@ from sync_core.bulk_plan import (
     reason_for_result,
     unpack,
 )
-from sync_core.plan import PushAction, PushPlan
-from sync_core.reasons import ReasonCode
-from sync_core.records import SpotlerContact
+from sync_core.domain.plan import PushAction, PushPlan
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import SpotlerContact
+from sync_core.domain.state_model import LinkState
 from sync_core.services.guard import InMemoryDecisionLog, MassChangeGuard
-from sync_core.state_model import LinkState
 
 
 def impact(records: int, mass: int) -> Impact:

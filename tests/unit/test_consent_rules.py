@@ -11,12 +11,12 @@ from datetime import timedelta
 
 import pytest
 
-from sync_core.mapping import EntityMapping
-from sync_core.merge import plan_pull
-from sync_core.plan import PushAction, PushPlan, plan_push
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind, DataverseRow, SpotlerContact
-from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.merge import plan_pull
+from sync_core.domain.plan import PushAction, PushPlan, plan_push
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind, DataverseRow, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
 from tests.unit.domain_builders import T0, apply_write, hashed, options, person, push_input, synced
 
 NEWSLETTER = 2

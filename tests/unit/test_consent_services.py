@@ -11,13 +11,13 @@ from datetime import timedelta
 
 import pytest
 
-from sync_core.mapping import MappingConfig, parse_mapping
-from sync_core.plan import PushAction
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind, SpotlerContact
+from sync_core.domain.mapping import MappingConfig, parse_mapping
+from sync_core.domain.plan import PushAction
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind, SpotlerContact
+from sync_core.domain.state_model import SuppressionCause
 from sync_core.services.pull import PullOptions, PullService
 from sync_core.services.push import PushService
-from sync_core.state_model import SuppressionCause
 from tests.unit.domain_builders import T0, hashed, options
 from tests.unit.service_fakes import APP_USER, World, change, row_attributes
 

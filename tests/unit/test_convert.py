@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from sync_core.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
-from sync_core.mapping import FieldMapping
-from sync_core.records import AttrValue, PropValue
+from sync_core.domain.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
+from sync_core.domain.mapping import FieldMapping
+from sync_core.domain.records import AttrValue, PropValue
 
 KEY = b"k" * 32
 

@@ -17,12 +17,12 @@ from typing import Any
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from sync_core.consent import email_hash, normalize_email
-from sync_core.mapping import EntityMapping
-from sync_core.merge import PullPlan, plan_pull
-from sync_core.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
-from sync_core.records import AttrValue, ChangeKind, DataverseRow, EntityName, PropValue, SpotlerContact
-from sync_core.state_model import LinkState, Suppression
+from sync_core.domain.consent import email_hash, normalize_email
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.merge import PullPlan, plan_pull
+from sync_core.domain.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
+from sync_core.domain.records import AttrValue, ChangeKind, DataverseRow, EntityName, PropValue, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression
 
 KEY = b"property-test-hash-key-012345678"
 START = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)

@@ -6,15 +6,15 @@ from typing import Any
 
 import pytest
 
-from sync_core.consent import email_hash, normalize_email, redact_email
-from sync_core.eligibility import (
+from sync_core.domain.consent import email_hash, normalize_email, redact_email
+from sync_core.domain.eligibility import (
     excluded_by,
     is_active,
     is_qualified_lead,
     wants_no_bulk_email,
     wants_no_email,
 )
-from sync_core.mapping import EntityMapping
+from sync_core.domain.mapping import EntityMapping
 
 KEY = b"k" * 32
 

@@ -6,7 +6,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_core.consent import _plain_normalized
+from sync_core.domain.consent import _plain_normalized
 
 ATOM = st.text(alphabet="abcXYZ019_+-", min_size=1, max_size=8)
 LABEL = st.text(alphabet="abcDEF019-", min_size=1, max_size=10)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync_core.feed import FeedCursor, PagingMode, advance, is_ordered, page_request, take_page
-from sync_core.records import SpotlerContact
+from sync_core.domain.feed import FeedCursor, PagingMode, advance, is_ordered, page_request, take_page
+from sync_core.domain.records import SpotlerContact
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

@@ -10,9 +10,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from sync_core.mapping import parse_mapping
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind, SpotlerContact
+from sync_core.domain.mapping import parse_mapping
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind, SpotlerContact
 from sync_core.services.push import PushOutcome, PushService, StatusColumns
 from sync_core.spotler.errors import SpotlerNotFound
 from tests.unit.domain_builders import T0, hashed, options

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from sync_core.dataverse.auth import WebhookAuthenticator
-from sync_core.event_codec import decode_event
-from sync_core.mapping import default_mapping
-from sync_core.records import ChangeKind
+from sync_core.domain.event_codec import decode_event
+from sync_core.domain.mapping import default_mapping
+from sync_core.domain.records import ChangeKind
 from sync_core.services.intake import WebhookIntake
 from sync_core.state.queue import InMemoryEventQueue, encoded_size
 

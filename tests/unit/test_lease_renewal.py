@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync_core.reasons import ReasonCode
+from sync_core.domain.reasons import ReasonCode
 from sync_core.services.leases import DEFAULT_TTL, RecordLeases, lease_name
 from sync_core.services.push import RetryLater
 from sync_core.state.memory import InMemoryStateStore

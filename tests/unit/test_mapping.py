@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sync_core.mapping import (
+from sync_core.domain.mapping import (
     Direction,
     MappingConfig,
     MappingError,
@@ -18,10 +18,10 @@ from sync_core.mapping import (
     parse_mapping,
 )
 
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "sync_core" / "mapping.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "sync_core" / "domain" / "mapping.schema.json"
 REGENERATE = (
-    'python -c "import json; from sync_core.mapping import mapping_json_schema; '
-    "open('sync_core/mapping.schema.json', 'w', encoding='utf-8').write("
+    'python -c "import json; from sync_core.domain.mapping import mapping_json_schema; '
+    "open('sync_core/domain/mapping.schema.json', 'w', encoding='utf-8').write("
     'json.dumps(mapping_json_schema(), indent=2, ensure_ascii=False) + chr(10))"'
 )
 
@@ -295,9 +295,11 @@ def test_json_schema_accepts_the_arrows_the_parser_accepts() -> None:
 
 def test_published_schema_file_matches_the_models() -> None:
     generated = json.dumps(mapping_json_schema(), indent=2, ensure_ascii=False) + "\n"
-    assert SCHEMA_FILE.exists(), f"sync_core/mapping.schema.json is missing; regenerate it with: {REGENERATE}"
+    assert SCHEMA_FILE.exists(), f"sync_core/domain/mapping.schema.json is missing; regenerate it with: {REGENERATE}"
     committed = SCHEMA_FILE.read_text(encoding="utf-8")
-    assert committed == generated, f"sync_core/mapping.schema.json is out of date; regenerate it with: {REGENERATE}"
+    assert committed == generated, (
+        f"sync_core/domain/mapping.schema.json is out of date; regenerate it with: {REGENERATE}"
+    )
 
 
 def test_default_mapping_points_at_the_published_schema() -> None:

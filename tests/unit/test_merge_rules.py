@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sync_core.convert import value_hash
-from sync_core.mapping import EntityMapping
-from sync_core.merge import PullPlan, plan_pull
-from sync_core.reasons import ReasonCode
-from sync_core.records import DataverseRow, SpotlerContact
-from sync_core.state_model import LinkState, SuppressionCause
+from sync_core.domain.convert import value_hash
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.merge import PullPlan, plan_pull
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import DataverseRow, SpotlerContact
+from sync_core.domain.state_model import LinkState, SuppressionCause
 from tests.unit.domain_builders import KEY, T0, hashed, options
 
 SOON = T0 + timedelta(hours=1)

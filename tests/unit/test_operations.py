@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
-from sync_core.event_codec import encode_event
+from sync_core.domain.event_codec import encode_event
 from sync_core.services.health import Check, HealthChecker
 from sync_core.services.overview import ERROR_REASONS, BadQuery, parse_limit, parse_reasons
 from sync_core.services.runtime import HOST_JSON, host_max_dequeue_count

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from sync_core.convert import value_hash
-from sync_core.mapping import EntityMapping
-from sync_core.plan import PushAction, PushPlan, explicit_opt_in, plan_push
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind, SpotlerContact
-from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from sync_core.domain.convert import value_hash
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.plan import PushAction, PushPlan, explicit_opt_in, plan_push
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
 from tests.unit.domain_builders import KEY, T0, hashed, options, push_input
 
 SOON = T0 + timedelta(hours=1)

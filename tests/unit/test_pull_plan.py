@@ -6,12 +6,12 @@ import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from sync_core.mapping import EntityMapping
-from sync_core.merge import PullPlan, plan_pull
-from sync_core.plan import PushAction, PushOptions, plan_push
-from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, DataverseRow, SpotlerContact
-from sync_core.state_model import LinkState, SuppressionCause
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.merge import PullPlan, plan_pull
+from sync_core.domain.plan import PushAction, PushOptions, plan_push
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import AttrValue, DataverseRow, SpotlerContact
+from sync_core.domain.state_model import LinkState, SuppressionCause
 from tests.unit.domain_builders import T0, apply_write, entity_mapping, hashed, options, person, push_input, synced
 
 BASE = entity_mapping("contact")

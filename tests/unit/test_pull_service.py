@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeEvent
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeEvent
+from sync_core.domain.state_model import Watermark
 from sync_core.services.pull import WATERMARK_NAME, PullOptions, PullReport
 from sync_core.services.push import PushService, RetryLater
 from sync_core.spotler.errors import SpotlerInvalidData, SpotlerTransientError
 from sync_core.state import InMemoryStateStore
-from sync_core.state_model import Watermark
 from tests.unit.domain_builders import T0
 from tests.unit.service_fakes import World, YieldingStateStore, change
 

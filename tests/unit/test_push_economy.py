@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind
 from tests.unit.service_fakes import World, change
 
 ID = "3f2a1c4e-0000-4000-8000-0000000000bb"

@@ -10,11 +10,11 @@ import dataclasses
 import sys
 from datetime import timedelta
 
-from sync_core.mapping import EntityMapping
-from sync_core.plan import PushAction, plan_push
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind, SpotlerContact
-from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.plan import PushAction, plan_push
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
 from tests.unit.domain_builders import (
     T0,
     apply_write,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from sync_core.dataverse.errors import DataverseNotFound, DataverseTransient
-from sync_core.errors import SyncError
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind
+from sync_core.domain.errors import SyncError
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind
 from sync_core.services.guard import InMemoryDecisionLog, MassChangeGuard
 from sync_core.services.push import PushOutcome, RetryLater, StatusColumns
 from sync_core.spotler.errors import SpotlerInvalidData, SpotlerRateLimited, SpotlerTransientError

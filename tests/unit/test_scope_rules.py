@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from sync_core.convert import value_hash
-from sync_core.mapping import EntityMapping
-from sync_core.merge import plan_pull
-from sync_core.plan import Departure, PushAction, live_peers, plan_departure, plan_push
-from sync_core.reasons import ReasonCode
-from sync_core.records import ChangeKind, DataverseRow, SpotlerContact
-from sync_core.state_model import LinkState, SuppressionCause
+from sync_core.domain.convert import value_hash
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.merge import plan_pull
+from sync_core.domain.plan import Departure, PushAction, live_peers, plan_departure, plan_push
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import ChangeKind, DataverseRow, SpotlerContact
+from sync_core.domain.state_model import LinkState, SuppressionCause
 from tests.unit.domain_builders import KEY, T0, hashed, options, push_input
 
 ADA = "ada@example.com"

@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 from sync_core.dataverse.metadata import AttributeInfo
-from sync_core.mapping import default_mapping
-from sync_core.reasons import REASON_OPTION_VALUES, ReasonCode
-from sync_core.records import SpotlerProperty
+from sync_core.domain.mapping import default_mapping
+from sync_core.domain.reasons import REASON_OPTION_VALUES, ReasonCode
+from sync_core.domain.records import SpotlerProperty
+from sync_core.domain.status_columns import REASON_LABELS, STATUS_COLUMNS
 from sync_core.services.dataverse_setup import column_definition, desired_steps, steps_markdown
 from sync_core.services.mapping_check import MappingCheckCache, MappingCheckResult, MappingProblem, find_problems
-from sync_core.status_columns import REASON_LABELS, STATUS_COLUMNS
 from tests.unit.domain_builders import two_way_names_mapping
 
 ROOT = Path(__file__).resolve().parents[2]

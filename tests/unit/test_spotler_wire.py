@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync_core.errors import (
+from sync_core.domain.errors import (
     AuthError,
     ConflictError,
     InvalidDataError,
@@ -17,7 +17,7 @@ from sync_core.errors import (
     RateLimitedError,
     TransientError,
 )
-from sync_core.records import SpotlerContact
+from sync_core.domain.records import SpotlerContact
 from sync_core.spotler import wire
 from sync_core.spotler.errors import (
     SpotlerContactOptedOut,

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sync_core.consent import email_hash, redact_email
-from sync_core.convert import canonical, to_dataverse, to_spotler, value_hash
-from sync_core.mapping import FieldMapping
+from sync_core.domain.consent import email_hash, redact_email
+from sync_core.domain.convert import canonical, to_dataverse, to_spotler, value_hash
+from sync_core.domain.mapping import FieldMapping
 
 KEY = b"stored-forms-test-key"
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_core.dataverse.auth import WebhookAuthenticator, WebhookAuthMode
-from sync_core.event_codec import decode_event
-from sync_core.mapping import default_mapping
+from sync_core.domain.event_codec import decode_event
+from sync_core.domain.mapping import default_mapping
 from sync_core.services.intake import WebhookIntake
 from sync_core.state.queue import MAX_ENCODED_MESSAGE_BYTES, InMemoryEventQueue, encoded_size
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
-from sync_core.records import ChangeKind, EventSource
+from sync_core.domain.records import ChangeKind, EventSource
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "webhooks"
 CONTACT_ID = "6d81597f-0f9f-e711-8122-000d3aa2331c"

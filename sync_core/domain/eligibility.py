@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sync_core.convert import is_blank
-from sync_core.mapping import EntityMapping, ExcludeRule
-from sync_core.records import AttrValue, EntityName
+from sync_core.domain.convert import is_blank
+from sync_core.domain.mapping import EntityMapping, ExcludeRule
+from sync_core.domain.records import AttrValue, EntityName
 
 LEAD_QUALIFIED = 1
 ACTIVE = 0

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
-from sync_core.records import EntityName
+from sync_core.domain.records import EntityName
 
 
 class Direction(StrEnum):
@@ -279,7 +279,7 @@ def parse_mapping(data: Mapping[str, Any] | str) -> MappingConfig:
 
 def default_mapping_text() -> str:
     """The shipped default mapping file."""
-    return resources.files("sync_core").joinpath("default_mapping.json").read_text(encoding="utf-8")
+    return resources.files("sync_core.domain").joinpath("default_mapping.json").read_text(encoding="utf-8")
 
 
 def default_mapping() -> MappingConfig:

@@ -12,8 +12,8 @@ import math
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sync_core.mapping import FieldMapping
-from sync_core.records import AttrValue, PropValue
+from sync_core.domain.mapping import FieldMapping
+from sync_core.domain.records import AttrValue, PropValue
 
 
 class ConversionError(ValueError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sync_core.records import SpotlerContact
+from sync_core.domain.records import SpotlerContact
 
 PagingMode = Literal["timestamp", "offset"]
 MAX_PAGE_SIZE = 10_000

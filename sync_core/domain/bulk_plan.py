@@ -17,10 +17,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sync_core.plan import PushAction, PushPlan
-from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, EntityName, SpotlerContact
-from sync_core.state_model import LinkState
+from sync_core.domain.plan import PushAction, PushPlan
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import AttrValue, EntityName, SpotlerContact
+from sync_core.domain.state_model import LinkState
 
 MAX_ITEM_RECORDS = 100
 """Records per work item: one Spotler bulk insert (`POST /contact/list` takes at most 100 contacts)."""

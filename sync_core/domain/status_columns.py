@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sync_core.reasons import ReasonCode
+from sync_core.domain.reasons import ReasonCode
 
 ENGLISH = 1033
 DUTCH = 1043

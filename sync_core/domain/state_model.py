@@ -12,9 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sync_core.feed import PagingMode
-from sync_core.reasons import ReasonCode
-from sync_core.records import EntityName
+from sync_core.domain.feed import PagingMode
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import EntityName
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class Watermark:
 
     `value` is the newest Spotler change fully applied. While a run is in progress, `run_to` fixes the end
     of its window and `run_from`/`run_after`/`run_mode`/`run_last_id` are the feed cursor of the first page not yet
-    applied (see `sync_core.feed`), so a run that is cut off resumes where it stopped. `run_started` is the
+    applied (see `sync_core.domain.feed`), so a run that is cut off resumes where it stopped. `run_started` is the
     run's lease: set while a run holds it, cleared when a run stops early or fails.
     """
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sync_core.records import (
+from sync_core.domain.records import (
     AttrValue,
     BulkItemResult,
     DataverseRow,
@@ -17,7 +17,7 @@ from sync_core.records import (
     SpotlerProperty,
     UpdatesPage,
 )
-from sync_core.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
+from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 
 
 class SpotlerGateway(Protocol):

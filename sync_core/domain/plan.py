@@ -14,19 +14,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from sync_core.consent import email_hash, normalize_email
-from sync_core.convert import ConversionError, canonical, is_blank, to_spotler, value_hash
-from sync_core.eligibility import (
+from sync_core.domain.consent import email_hash, normalize_email
+from sync_core.domain.convert import ConversionError, canonical, is_blank, to_spotler, value_hash
+from sync_core.domain.eligibility import (
     excluded_by,
     is_active,
     is_qualified_lead,
     wants_no_bulk_email,
     wants_no_email,
 )
-from sync_core.mapping import Direction, EntityMapping, FieldMapping, PermissionMapping
-from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
-from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from sync_core.domain.mapping import Direction, EntityMapping, FieldMapping, PermissionMapping
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import AttrValue, ChangeKind, EntityName, PropValue, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
 
 # Which table's row speaks for a person when several rows share one Spotler contact (see docs/identity.md).
 ENTITY_PRECEDENCE: Mapping[EntityName, int] = {"contact": 0, "lead": 1, "account": 2}

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sync_core.records import ENTITY_NAMES, ChangeEvent, ChangeKind, EventSource
+from sync_core.domain.records import ENTITY_NAMES, ChangeEvent, ChangeKind, EventSource
 
 FORMAT_VERSION = 1
 

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sync_core.consent import email_hash, normalize_email
-from sync_core.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
-from sync_core.mapping import Direction, EntityMapping, FieldMapping
-from sync_core.plan import PushOptions
-from sync_core.reasons import ReasonCode
-from sync_core.records import AttrValue, DataverseRow, PropValue, SpotlerContact
-from sync_core.state_model import LinkState, Suppression, SuppressionCause
+from sync_core.domain.consent import email_hash, normalize_email
+from sync_core.domain.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
+from sync_core.domain.mapping import Direction, EntityMapping, FieldMapping
+from sync_core.domain.plan import PushOptions
+from sync_core.domain.reasons import ReasonCode
+from sync_core.domain.records import AttrValue, DataverseRow, PropValue, SpotlerContact
+from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
 
 
 @dataclass(frozen=True, slots=True)
