@@ -100,8 +100,10 @@ class StateStore(Protocol):
 
     async def get_link(self, entity: EntityName, record_id: str) -> LinkState | None: ...
 
-    async def links_for_external_id(self, external_id: str) -> list[LinkState]:
-        """Every link whose Spotler contact is `external_id` (usually one)."""
+    async def links_for_external_id(
+        self, external_id: str, *, exclude: tuple[EntityName, str] | None = None
+    ) -> list[LinkState]:
+        """Every link whose Spotler contact is `external_id` (usually one); `exclude` names a link left out."""
         ...
 
     async def links_for_email_hash(self, email_hash: str) -> list[LinkState]:

@@ -244,6 +244,16 @@ class PushService:
         # Spotler merges by e-mail address: pushes that touch one address (the record's new and old one) run one
         # at a time, so two records of one person never both create a contact.
         hashes = sorted({h for h in (email_hash(key, address) if address else None, link and link.email_hash) if h})
+        if link is not None and email is not None and not link.anonymized and hashes == [link.email_hash]:
+            # The record keeps its address and its contact: when Spotler still holds that address there, and the
+            # plan only updates it (or writes nothing) with no other record on the contact, no contact is created,
+            # moved or given up, which is what the address lease serializes. Anything else takes the lease.
+            contact = await self._spotler.get_contact(link.external_id)
+            if contact is not None and contact.email is not None and contact.email.casefold() == email.casefold():
+                with contextlib.suppress(_NeedsAddressLease):
+                    return await self._apply_serialized(
+                        event, mapping, now, attrs, link, email, address, note, known=contact
+                    )
         held: list[tuple[str, str]] = []
         try:
             for name in map(email_lease_name, hashes):
@@ -266,9 +276,16 @@ class PushService:
         email: str | None,
         address: str | None,
         note: str,
+        *,
+        known: SpotlerContact | None = None,
     ) -> PushOutcome:
+        """Plan and carry out the change. With `known` (the linked contact, read without the address lease), a
+        plan that is more than an update of that contact raises _NeedsAddressLease before anything is written."""
         email_match: SpotlerContact | None = None
-        if link is None and email is not None:
+        spotler: SpotlerContact | None
+        if known is not None:
+            spotler = known
+        elif link is None and email is not None:
             # No link points anywhere: one search by address finds the contact under the record's own id (a
             # create whose link was never saved) as well as another contact that holds the address.
             spotler, email_match = await self._own_or_holder(email, event.record_id), None
@@ -324,6 +341,8 @@ class PushService:
             mapping,
             self._options,
         )
+        if known is not None and not _plain_update(plan, peers, moved_from, event):
+            raise _NeedsAddressLease
         if self._guard is not None and plan.action in (PushAction.ANONYMIZE, PushAction.UNSUBSCRIBE):
             action: Literal["anonymize", "unsubscribe"] = (
                 "anonymize" if plan.action is PushAction.ANONYMIZE else "unsubscribe"
@@ -339,7 +358,7 @@ class PushService:
             plan = _noted(plan, note)
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
-        plan = await self._write_spotler(plan, event, mapping, address)
+        plan = await self._write_spotler(plan, event, mapping, address, leased=known is None)
         await self._remember(plan, event, now, status_columns=writable, previous=link)
         # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
         left = plan.action is PushAction.NONE and (plan.link is None or not plan.link.in_scope)
@@ -366,7 +385,7 @@ class PushService:
         """The other records linked to the Spotler contact `external_id`."""
         return [
             p
-            for p in await self._state.links_for_external_id(external_id)
+            for p in await self._state.links_for_external_id(external_id, exclude=(entity, record_id))
             if (p.entity, p.record_id) != (entity, record_id)
         ]
 
@@ -381,7 +400,7 @@ class PushService:
             await self._spotler.anonymize_contact(contact.external_id)
 
     async def _write_spotler(
-        self, plan: PushPlan, event: ChangeEvent, mapping: EntityMapping, address: str | None
+        self, plan: PushPlan, event: ChangeEvent, mapping: EntityMapping, address: str | None, *, leased: bool = True
     ) -> PushPlan:
         """Carry out the plan's Spotler write; the plan comes back pointing at the contact that really took it."""
         contact = plan.contact
@@ -397,8 +416,19 @@ class PushService:
             try:
                 await self._spotler.update_contact(contact, purge=plan.purge)
             except NotFoundError:
-                await self._spotler.insert_contact(contact, update=True, purge=plan.purge)
-                return await self._landed(plan, contact)
+                if leased or address is None:
+                    await self._spotler.insert_contact(contact, update=True, purge=plan.purge)
+                    return await self._landed(plan, contact)
+                # Gone from Spotler since it was read: creating it again is serialized like any create.
+                name = email_lease_name(email_hash(self._options.hash_key, address))
+                token = await self.leases.take_named(name, f"{event.entity}/{event.record_id}")
+                if token is None:
+                    raise ConcurrencyConflict("another change of this person's address is being applied") from None
+                try:
+                    await self._spotler.insert_contact(contact, update=True, purge=plan.purge)
+                    return await self._landed(plan, contact)
+                finally:
+                    await self.leases.give_back_named(name, token)
         elif plan.action is PushAction.ANONYMIZE and plan.external_id is not None:
             try:
                 await self._spotler.anonymize_contact(plan.external_id)
@@ -570,6 +600,29 @@ class PushService:
                 with contextlib.suppress(ConcurrencyConflict):
                     await self._state.save_link(dataclasses.replace(link, reason=reason, detail=detail, next_retry=due))
             await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)
+
+
+class _NeedsAddressLease(Exception):
+    """A change planned without the address lease turned out to need it (nothing was written)."""
+
+
+def _plain_update(
+    plan: PushPlan, peers: list[LinkState], moved_from: SpotlerContact | None, event: ChangeEvent
+) -> bool:
+    """Is the plan an update (or no write) of the record's own contact that no other record shares?"""
+    return (
+        plan.action in (PushAction.UPDATE, PushAction.NONE)
+        and not peers
+        and moved_from is None
+        and event.merged_into is None
+        and plan.suppress is None
+        and plan.lift_suppression is None
+        and plan.relink_to is None
+        and plan.link is not None
+        and plan.link.in_scope
+        and not plan.link.anonymized
+        and plan.external_id == plan.link.external_id
+    )
 
 
 def _repeats_status(plan: PushPlan, previous: LinkState | None) -> bool:

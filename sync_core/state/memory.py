@@ -124,10 +124,16 @@ class InMemoryStateStore:
         row = self._links.get(entity, codec.safe_key(record_id))
         return None if row is None else codec.link_from_props(row.props, row.etag)
 
-    async def links_for_external_id(self, external_id: str) -> list[LinkState]:
+    async def links_for_external_id(
+        self, external_id: str, *, exclude: tuple[EntityName, str] | None = None
+    ) -> list[LinkState]:
         if not external_id:
             return []
-        links = self._links_from_index(codec.index_partition_for_external_id(external_id))
+        links = [
+            link
+            for link in self._links_from_index(codec.index_partition_for_external_id(external_id))
+            if (link.entity, link.record_id) != exclude
+        ]
         return [link for link in links if codec.link_matches_external_id(link, external_id)]
 
     async def links_for_email_hash(self, email_hash: str) -> list[LinkState]:

@@ -211,10 +211,12 @@ class TableStateStore:
             self._read_links.pop(next(iter(self._read_links)))
         self._read_links[(link.entity, link.record_id)] = (link.etag, codec.link_index_partitions(link))
 
-    async def links_for_external_id(self, external_id: str) -> list[LinkState]:
+    async def links_for_external_id(
+        self, external_id: str, *, exclude: tuple[EntityName, str] | None = None
+    ) -> list[LinkState]:
         if not external_id:
             return []
-        links = await self._links_from_index(codec.index_partition_for_external_id(external_id))
+        links = await self._links_from_index(codec.index_partition_for_external_id(external_id), exclude)
         return [link for link in links if codec.link_matches_external_id(link, external_id)]
 
     async def links_for_email_hash(self, email_hash: str) -> list[LinkState]:
@@ -223,13 +225,15 @@ class TableStateStore:
         links = await self._links_from_index(codec.index_partition_for_email_hash(email_hash))
         return [link for link in links if codec.link_matches_email_hash(link, email_hash)]
 
-    async def _links_from_index(self, partition: str) -> list[LinkState]:
+    async def _links_from_index(self, partition: str, exclude: tuple[EntityName, str] | None = None) -> list[LinkState]:
         await self._ensure()
         targets: list[tuple[EntityName, str]] = []
         async for row in self._index.query_entities(
             "PartitionKey eq @pk", parameters={"pk": partition}, select=["entity", "record_id"]
         ):
-            targets.append(codec.index_target(row))
+            target = codec.index_target(row)
+            if target != exclude:  # the caller has that link already: not read again
+                targets.append(target)
         found = await asyncio.gather(*(self.get_link(entity, record_id) for entity, record_id in targets))
         links = [link for link in found if link is not None]
         links.sort(key=lambda link: (link.entity, link.record_id))
@@ -253,9 +257,11 @@ class TableStateStore:
         added = codec.link_index_partitions(link) - old_partitions
         removed = old_partitions - codec.link_index_partitions(link)
         # Index entries are written before the link, so that a committed link is always findable, and
-        # again after it, so that a concurrent removal of the same entry (by a writer that moved the link
-        # away from it a moment earlier) cannot leave the new link unindexed. Entries that turn out stale
-        # after a lost race are filtered out on read.
+        # again after a replace, so that a concurrent removal of the same entry (by a writer that moved the
+        # link away from it a moment earlier) cannot leave the new link unindexed. A new link needs no
+        # second write: links are never deleted, so an insert that succeeds had no earlier version that
+        # another writer could be moving away from. Entries that turn out stale after a lost race are
+        # filtered out on read.
         await self._put_index(link, added)
         etag = await self._insert_or_replace(
             self._links,
@@ -263,7 +269,8 @@ class TableStateStore:
             link.etag,
             f"link {link.entity}/{link.record_id}",
         )
-        await self._put_index(link, added)
+        if link.etag is not None:
+            await self._put_index(link, added)
         await asyncio.gather(*(self._drop_index(p, link.entity, link.record_id) for p in removed))
         saved = dataclasses.replace(link, etag=etag)
         self._remember_read(saved)

@@ -184,6 +184,20 @@ async def test_lookups_by_external_id_and_email_hash(store: StateStore) -> None:
     assert await store.links_for_email_hash("") == []
 
 
+async def test_lookup_by_external_id_leaves_out_the_excluded_link(store: StateStore) -> None:
+    contact = await store.save_link(full_link())
+    lead = await store.save_link(
+        full_link(entity="lead", record_id="0b7d6c5e-1111-4222-8333-944455566677", external_id=contact.external_id)
+    )
+    assert await store.links_for_external_id(contact.external_id) == [contact, lead]
+    assert await store.links_for_external_id(contact.external_id, exclude=("lead", lead.record_id)) == [contact]
+    assert await store.links_for_external_id(contact.external_id, exclude=("contact", contact.record_id)) == [lead]
+    assert await store.links_for_external_id(contact.external_id, exclude=("account", contact.record_id)) == [
+        contact,
+        lead,
+    ]
+
+
 async def test_lookups_follow_a_changed_external_id_and_email_hash(store: StateStore) -> None:
     saved = await store.save_link(full_link())
     moved = await store.save_link(dataclasses.replace(saved, external_id="dv-new", email_hash=HASH_B))
