@@ -582,18 +582,62 @@ def _decode_skiptoken(token: str) -> int:
 Condition = tuple[str, str, Any]
 
 
+_IN_RE = re.compile(
+    r"Microsoft\.Dynamics\.CRM\.In\(\s*PropertyName\s*=\s*'(?P<name>\w+)'\s*,"
+    r"\s*PropertyValues\s*=\s*\[(?P<values>[^\]]*)\]\s*\)"
+)
+_IN_VALUE_RE = re.compile(r"\s*(?:\"((?:[^\"\\]|\\.)*)\"|'((?:[^']|'')*)')\s*(?:,|$)")
+
+
+def _in_values(text: str, unsupported: Callable[[str], SandboxError]) -> frozenset[str]:
+    """The strings of an `In` function's PropertyValues (a JSON array; single quotes are taken too)."""
+    values: list[str] = []
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        match = _IN_VALUE_RE.match(text, position)
+        if match is None:
+            raise unsupported("PropertyValues must be a list of strings")
+        double, single = match.groups()
+        values.append(json.loads(f'"{double}"') if double is not None else single.replace("''", "'"))
+        position = match.end()
+    if not values:
+        raise unsupported("PropertyValues must not be empty")
+    return frozenset(value.lower() for value in values)
+
+
 def _parse_filter(schema: TableSchema, raw: str | None) -> list[Condition]:
-    """The sandbox's $filter subset: `col op literal` joined by `and`; anything else is a 400."""
+    """The sandbox's $filter subset: `col op literal` and the `Microsoft.Dynamics.CRM.In` query function, joined by
+    `and`; anything else is a 400."""
     if not raw:
         return []
-    tokens = [(m.lastgroup or "", m.group(m.lastgroup or 0)) for m in _TOKEN_RE.finditer(raw) if m.lastgroup]
     conditions: list[Condition] = []
-    position = 0
 
     def unsupported(detail: str) -> SandboxError:
         return SandboxError(400, ERR_BAD_PROPERTY, f"The $filter expression is not supported by the sandbox: {detail}")
 
+    functions: list[Condition] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        column = schema.column(match.group("name"))
+        functions.append((column.name, "in", _in_values(match.group("values"), unsupported)))
+        return f"__in{len(functions) - 1}__"
+
+    raw = _IN_RE.sub(placeholder, raw)
+    tokens = [(m.lastgroup or "", m.group(m.lastgroup or 0)) for m in _TOKEN_RE.finditer(raw) if m.lastgroup]
+    position = 0
+
     while True:
+        function = re.fullmatch(r"__in(\d+)__", tokens[position][1]) if position < len(tokens) else None
+        if function is not None and tokens[position][0] == "word":
+            conditions.append(functions[int(function.group(1))])
+            position += 1
+            if position == len(tokens):
+                return conditions
+            if tokens[position] != ("word", "and"):
+                raise unsupported(f"only 'and' is supported, got '{tokens[position][1]}'")
+            position += 1
+            continue
         if position + 3 > len(tokens):
             raise unsupported("expected '<column> <operator> <value>'")
         (kind, name), (op_kind, op), (lit_kind, literal) = tokens[position : position + 3]
@@ -646,6 +690,8 @@ def _comparable(value: Any) -> Any:
 def _matches(schema: TableSchema, row: Mapping[str, Any], condition: Condition) -> bool:
     name, op, literal = condition
     value = row.get(name)
+    if op == "in":
+        return value is not None and str(value).lower() in literal
     if op in ("eq", "ne"):
         left = value.lower() if isinstance(value, str) else value
         right = literal.lower() if isinstance(literal, str) else literal

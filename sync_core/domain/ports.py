@@ -63,6 +63,12 @@ class DataverseGateway(Protocol):
         """The row with `columns` selected, or None when it does not exist."""
         ...
 
+    async def get_rows(
+        self, entity: EntityName, record_ids: Sequence[str], columns: Sequence[str]
+    ) -> dict[str, DataverseRow]:
+        """The rows that exist among `record_ids` (keyed by lower-case id), read in as few requests as possible."""
+        ...
+
     def iter_pages(
         self,
         entity: EntityName,

@@ -15,7 +15,7 @@ from sync_core.domain.eligibility import is_active
 from sync_core.domain.errors import SyncError
 from sync_core.domain.event_codec import EventDecodeError, event_from_dict
 from sync_core.domain.feed import FeedCursor, PagingMode, page_request, take_page
-from sync_core.domain.mapping import MappingConfig
+from sync_core.domain.mapping import EntityMapping, MappingConfig
 from sync_core.domain.merge import PullPlan, plan_pull
 from sync_core.domain.plan import PushOptions
 from sync_core.domain.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
@@ -236,9 +236,9 @@ class PullService:
         # The page's reads go out together, bounded well below Dataverse's concurrency limit.
         gate = asyncio.Semaphore(self._pull.read_concurrency)
 
-        async def plans_for(contact: SpotlerContact) -> list[PullPlan]:
+        async def linked(contact: SpotlerContact) -> list[tuple[SpotlerContact, LinkState, EntityMapping]]:
             async with gate:
-                found: list[PullPlan] = []
+                found: list[tuple[SpotlerContact, LinkState, EntityMapping]] = []
                 for candidate in await self._state.links_for_external_id(contact.external_id):
                     mapping = self._mapping.for_entity(candidate.entity)
                     if mapping is None:
@@ -249,20 +249,34 @@ class PullService:
                         continue
                     held.append((candidate.entity, candidate.record_id, token))
                     link = await self._state.get_link(candidate.entity, candidate.record_id)  # as of the lease
-                    if link is None:
-                        continue
-                    row = await self._dataverse.get_row(link.entity, link.record_id, mapping.columns())
-                    if (row is None or not is_active(row.attributes)) and not link.anonymized:
-                        # Inactive rows are read-only and gone ones cannot be written: the change that made them so
-                        # never reached the push (a lost webhook), so its rule is applied instead of a write-back.
-                        found_changes.append(_found_change(link, row, owner))
-                        continue
-                    plan = plan_pull(contact, link, row, mapping, self._options, now)
-                    if not plan.skipped:
-                        found.append(plan)
+                    if link is not None:
+                        found.append((contact, link, mapping))
                 return found
 
-        plans = [plan for group in await asyncio.gather(*map(plans_for, contacts)) for plan in group]
+        pairs = [pair for group in await asyncio.gather(*map(linked, contacts)) for pair in group]
+        # The page's rows are read after its leases are held: one query per table, not a GET per row.
+        ids: dict[EntityName, tuple[EntityMapping, list[str]]] = {}
+        for _, link, mapping in pairs:
+            ids.setdefault(link.entity, (mapping, []))[1].append(link.record_id)
+        read = await asyncio.gather(
+            *(self._dataverse.get_rows(entity, wanted, mapping.columns()) for entity, (mapping, wanted) in ids.items())
+        )
+        rows = {
+            (entity, record_id): row
+            for entity, found in zip(ids, read, strict=True)
+            for record_id, row in found.items()
+        }
+        plans: list[PullPlan] = []
+        for contact, link, mapping in pairs:
+            row = rows.get((link.entity, link.record_id.lower()))
+            if (row is None or not is_active(row.attributes)) and not link.anonymized:
+                # Inactive rows are read-only and gone ones cannot be written: the change that made them so
+                # never reached the push (a lost webhook), so its rule is applied instead of a write-back.
+                found_changes.append(_found_change(link, row, owner))
+                continue
+            plan = plan_pull(contact, link, row, mapping, self._options, now)
+            if not plan.skipped:
+                plans.append(plan)
         if busy:
             raise RetryLater(f"records being pushed right now: {', '.join(busy[:5])}; the page is applied again")
         return plans, found_changes

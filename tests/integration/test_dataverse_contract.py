@@ -21,6 +21,7 @@ from sync_core.dataverse import (
     StaticTokenCredential,
     make_credential,
 )
+from sync_core.dataverse import client as client_module
 from sync_core.domain.errors import ConflictError, NotFoundError, RateLimitedError, TransientError
 from sync_core.domain.records import RowUpdate
 from tests.fixtures.dataverse import DataverseSandboxHandle
@@ -73,6 +74,32 @@ async def test_get_row_of_a_missing_row_is_none(
     dataverse_sandbox: DataverseSandboxHandle, dataverse_client: DataverseClient
 ) -> None:
     assert await dataverse_client.get_row("contact", str(uuid.uuid4()), COLUMNS) is None
+
+
+async def test_get_rows_reads_many_rows_in_one_query_per_chunk_and_leaves_out_missing_ones(
+    dataverse_sandbox: DataverseSandboxHandle, dataverse_client: DataverseClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [seed_contact(dataverse_sandbox, firstname=f"Row{n}", emailaddress1=f"row{n}@example.com") for n in range(5)]
+    seed_contact(dataverse_sandbox, firstname="NotAsked", emailaddress1="other@example.com")
+    missing = str(uuid.uuid4())
+    before = dataverse_sandbox.sandbox.request_count()
+
+    rows = await dataverse_client.get_rows("contact", [ids[0].upper(), *ids[1:], missing], ["firstname"])
+
+    assert dataverse_sandbox.sandbox.request_count() - before == 1
+    assert set(rows) == set(ids)
+    assert {rows[record_id].attributes["firstname"] for record_id in ids} == {f"Row{n}" for n in range(5)}
+    for record_id in ids:
+        single = await dataverse_client.get_row("contact", record_id, ["firstname"])
+        assert single is not None
+        assert rows[record_id].attributes == single.attributes
+        assert rows[record_id].etag == single.etag
+
+    monkeypatch.setattr(client_module, "ROWS_PER_QUERY", 2)
+    before = dataverse_sandbox.sandbox.request_count()
+    assert set(await dataverse_client.get_rows("contact", ids, ["firstname"])) == set(ids)
+    assert dataverse_sandbox.sandbox.request_count() - before == 3
+    assert await dataverse_client.get_rows("contact", [], ["firstname"]) == {}
 
 
 async def test_get_row_with_an_unknown_column_is_invalid_data(

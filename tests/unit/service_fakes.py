@@ -410,6 +410,16 @@ class FakeDataverse:
         attributes[_PRIMARY_KEYS[entity]] = record_id
         return DataverseRow(entity, record_id, attributes, stored.etag, stored.version, stored.modified_on)
 
+    async def get_rows(
+        self, entity: EntityName, record_ids: Sequence[str], columns: Sequence[str]
+    ) -> dict[str, DataverseRow]:
+        rows = {}
+        for record_id in record_ids:
+            row = await self.get_row(entity, record_id, columns)
+            if row is not None:
+                rows[record_id.lower()] = row
+        return rows
+
     async def iter_pages(
         self,
         entity: EntityName,
