@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -199,3 +200,43 @@ def value_hash(key: bytes, value: Any) -> str:
 
 
 _json_string = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
+
+
+HASHES_KEPT = 8192
+"""Hashes of repeated canonical values remembered per key (the memo starts over when it is full)."""
+_hashers: dict[bytes, Callable[[Any], str]] = {}
+
+
+def hasher(key: bytes) -> Callable[[Any], str]:
+    """`value_hash` with `key` bound, remembering the hashes of repeated texts and integers.
+
+    Only exact `str` and `int` values are remembered (`True == 1` and `1.0 == 1` hash differently); other values
+    are hashed each time. The answers are those of `value_hash`.
+    """
+    found = _hashers.get(key)
+    if found is not None:
+        return found
+    memo: dict[str | int, str] = {}
+    null, true, false = value_hash(key, None), value_hash(key, True), value_hash(key, False)
+
+    def hash_of(value: Any) -> str:
+        kind = type(value)
+        if kind is str or kind is int:
+            known = memo.get(value)
+            if known is None:
+                if len(memo) >= HASHES_KEPT:
+                    memo.clear()
+                known = memo[value] = value_hash(key, value)
+            return known
+        if value is None:
+            return null
+        if value is True:
+            return true
+        if value is False:
+            return false
+        return value_hash(key, value)
+
+    if len(_hashers) >= 16:
+        _hashers.clear()
+    _hashers[key] = hash_of
+    return hash_of

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Literal
 
 from sync_core.domain.consent import email_hash, normalize_email
-from sync_core.domain.convert import ConversionError, canonical, is_blank, to_spotler, value_hash
+from sync_core.domain.convert import ConversionError, canonical, hasher, is_blank, to_spotler, value_hash
 from sync_core.domain.eligibility import (
     excluded_by,
     is_active,
@@ -149,7 +149,49 @@ def _advance(link: LinkState, inp: PushInput) -> LinkState:
     modified = link.dv_modified_on
     if inp.modified_on is not None and (modified is None or inp.modified_on > modified):
         modified = inp.modified_on
-    return dataclasses.replace(link, dv_version=version, dv_modified_on=modified, last_attempt=inp.now)
+    # What dataclasses.replace does, spelled out (it runs on every decision); _LINK_FIELDS keeps it complete.
+    return LinkState(
+        entity=link.entity,
+        record_id=link.record_id,
+        external_id=link.external_id,
+        email_hash=link.email_hash,
+        dv_version=version,
+        dv_modified_on=modified,
+        spotler_last_changed=link.spotler_last_changed,
+        base=link.base,
+        anonymized=link.anonymized,
+        in_scope=link.in_scope,
+        unsubscribed=link.unsubscribed,
+        reason=link.reason,
+        detail=link.detail,
+        last_attempt=inp.now,
+        failures=link.failures,
+        next_retry=link.next_retry,
+        etag=link.etag,
+    )
+
+
+_LINK_FIELDS = [
+    "entity",
+    "record_id",
+    "external_id",
+    "email_hash",
+    "dv_version",
+    "dv_modified_on",
+    "spotler_last_changed",
+    "base",
+    "anonymized",
+    "in_scope",
+    "unsubscribed",
+    "reason",
+    "detail",
+    "last_attempt",
+    "failures",
+    "next_retry",
+    "etag",
+]
+if [f.name for f in dataclasses.fields(LinkState)] != _LINK_FIELDS:  # pragma: no cover - a new field needs _advance
+    raise ImportError("LinkState's fields changed: copy the new ones in plan._advance")
 
 
 def _owner_peer(inp: PushInput) -> LinkState | None:
@@ -272,6 +314,38 @@ def explicit_opt_in(
     return cause is SuppressionCause.ANONYMIZED and "statecode" in changed and is_active(attrs)
 
 
+_TEXT, _EMAIL, _DATE, _OTHER = range(4)
+_Step = tuple[FieldMapping, str, str, str, int, bool, bool, bool, bool]
+_STEPS_KEPT = 64
+_steps_memo: dict[tuple[int, bool], tuple[EntityMapping, tuple[_Step, ...], tuple[PermissionMapping, ...]]] = {}
+
+
+def _compiled(mapping: EntityMapping, options: PushOptions) -> tuple[tuple[_Step, ...], tuple[PermissionMapping, ...]]:
+    """The mapping's pushed fields as flat steps, worked out once per mapping and blank policy.
+
+    A step is (field, column, property, link key, kind, create only, both ways, set property, blank kept): the
+    field's properties that `_desired` would otherwise look up on every change.
+    """
+    memo_key = (id(mapping), options.purge_when_not_set)
+    found = _steps_memo.get(memo_key)
+    if found is not None and found[0] is mapping:
+        return found[1], found[2]
+    steps: list[_Step] = []
+    for f in mapping.fields:
+        if f.direction is Direction.TO_DYNAMICS:
+            continue
+        kind = {"string": _TEXT, "email": _EMAIL, "date": _DATE, "birthdate": _DATE}.get(f.type, _OTHER)
+        keep_blank = not f.is_set and not _clears(f, options)
+        steps.append(
+            (f, f.dataverse, f.spotler, f.key, kind, f.create_only, f.direction is Direction.BOTH, f.is_set, keep_blank)
+        )
+    pushed = tuple(p for p in mapping.permissions if p.direction.pushes)
+    if len(_steps_memo) >= _STEPS_KEPT:
+        _steps_memo.clear()
+    _steps_memo[memo_key] = (mapping, tuple(steps), pushed)  # holds the mapping, so its id is not reused meanwhile
+    return tuple(steps), pushed
+
+
 def _desired(
     inp: PushInput,
     mapping: EntityMapping,
@@ -285,10 +359,13 @@ def _desired(
     """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge.
 
     With `hold`, no permission bit is turned on (the person was unsubscribed and has not opted in again).
+    Text, e-mail and date values take a short way to the same canonical forms `to_spotler` and `canonical` give.
     """
     out = _Desired()
-    base = dict(inp.link.base) if inp.link is not None else {}
-    key = options.hash_key
+    out_base = out.base
+    properties = out.properties
+    base: Mapping[str, str] = inp.link.base if inp.link is not None else {}
+    hash_of = hasher(options.hash_key)
     current_props: Mapping[str, PropValue] = current.properties if current is not None else {}
     dynamics_wins = options.conflict_winner == "dynamics"
     spotler_newer = (
@@ -297,42 +374,78 @@ def _desired(
         and inp.modified_on is not None
         and current.last_changed > inp.modified_on
     )
+    steps, pushed = _compiled(mapping, options)
 
-    for f in mapping.fields:
-        if f.direction is Direction.TO_DYNAMICS or (f.create_only and not creating):
+    for f, column, prop, fkey, kind, create_only, both, is_set, keep_blank in steps:
+        if create_only and not creating:
             continue
-        try:
-            want = to_spotler(f, attrs.get(f.dataverse))
-        except ConversionError:
-            out.conflicts.append(f"{f.dataverse}: value cannot be converted; not sent")
-            continue
-        if is_blank(want) and not f.is_set and not _clears(f, options):
-            continue  # blank and the policy keeps Spotler's value
-        have = current_props.get(f.spotler)
-        want_c, have_c = canonical(f, want), canonical(f, have)
-        want_h = value_hash(key, want_c)  # hashed once, and only where a hash is stored or compared
+        value = attrs.get(column)
+        have = current_props.get(prop)
+        want: PropValue
+        want_c: object
+        have_c: object
+        if kind is _TEXT or kind is _EMAIL:
+            if value is None:
+                want = None
+            elif type(value) is str:
+                want = value.strip() or None
+            else:
+                try:
+                    want = to_spotler(f, value)
+                except ConversionError:
+                    out.conflicts.append(f"{column}: value cannot be converted; not sent")
+                    continue
+            if want is None:
+                if keep_blank:
+                    continue  # blank and the policy keeps Spotler's value
+                want_c = None
+            else:
+                want_c = want.casefold() if kind is _EMAIL and isinstance(want, str) else want
+            if have is None:
+                have_c = None
+            elif type(have) is str:
+                stripped = have.strip()
+                have_c = (stripped.casefold() if kind is _EMAIL else stripped) if stripped else None
+            else:
+                have_c = canonical(f, have)
+        else:
+            try:
+                want = to_spotler(f, value)
+            except ConversionError:
+                out.conflicts.append(f"{column}: value cannot be converted; not sent")
+                continue
+            if keep_blank and is_blank(want):
+                continue  # blank and the policy keeps Spotler's value
+            # A date `to_spotler` wrote is already in canonical form.
+            want_c = want if kind is _DATE and want is not None else canonical(f, want)
+            have_c = canonical(f, have)
+        want_h = hash_of(want_c)  # hashed once, and only where a hash is stored or compared
         if want_c == have_c:
-            out.base[f.key] = want_h
+            out_base[fkey] = want_h
             continue
-        if f.direction is Direction.BOTH and not creating:
-            old = base.get(f.key)
+        if both and not creating:
+            old = base.get(fkey)
             dynamics_changed = old is None or want_h != old
-            spotler_changed = old is not None and value_hash(key, have_c) != old
+            spotler_changed = old is not None and hash_of(have_c) != old
             if not dynamics_changed and spotler_changed:
                 continue  # Spotler changed it; the pull brings it to Dynamics.
             if dynamics_changed and spotler_changed:
-                out.conflicts.append(f.spotler)
+                out.conflicts.append(prop)
                 if not dynamics_wins and spotler_newer:
                     continue
-        _put(out, f, want)
-        out.base[f.key] = want_h
+        if is_set and isinstance(want, dict):
+            existing = properties.get(prop)
+            merged = dict(existing) if isinstance(existing, dict) else {}
+            merged.update(want)
+            properties[prop] = merged
+        else:
+            properties[prop] = want
+        out_base[fkey] = want_h
 
-    for p in mapping.permissions:
-        if not p.direction.pushes:
-            continue
+    for p in pushed:
         want_on = _permission_value(p, mapping, attrs)
         have_on = current.permissions.get(p.bit, False) if current is not None else False
-        want_h = value_hash(key, want_on)
+        want_h = hash_of(want_on)
         if hold and want_on and not have_on:
             out.held = True
             continue
