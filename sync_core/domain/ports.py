@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -97,6 +98,20 @@ class ConcurrencyConflict(Exception):
     """A conditional write lost: the stored row changed (or appeared) since it was read."""
 
 
+@dataclass(frozen=True, slots=True)
+class RecordClaim:
+    """A record lease taken for one change, with what the record has seen; `token` None: a duplicate."""
+
+    token: str | None
+    done: tuple[str, ...] = ()
+    version: int | None = None
+    modified_on: datetime | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.token is None
+
+
 class StateStore(Protocol):
     """Links, suppressions, watermarks, status history, dead letters and delivery claims."""
 
@@ -169,15 +184,44 @@ class StateStore(Protocol):
         """Give the claim up after a failure so that a retry can claim it again."""
         ...
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
+    async def acquire_lease(
+        self, name: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> str | None:
         """Hold the lease `name` until `now + ttl` when it is free, expired or already held by `owner`.
 
         Returns the lease's token (None when another owner holds it); taking it again gives a new token.
+        `existing` says the row is likely there already (a record's lease row stays once given back): it is read
+        first instead of inserted first. A lease row that is taken keeps its other properties.
         """
         ...
 
     async def release_lease(self, name: str, token: str) -> None:
         """Give the lease up if it is still the one `token` was handed out for (else leave it)."""
+        ...
+
+    async def claim_record(
+        self, name: str, key: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> RecordClaim | None:
+        """Take the record lease `name` to apply the change `key`: the claim and the lease in one write.
+
+        None while another owner holds the lease for another change; a claim without a token (nothing written)
+        when `key` was completed already or another live holder is applying it. Taking it from an expired or free
+        holder keeps what the row has seen (completed keys, the newest Dataverse version). `existing` as for
+        `acquire_lease`.
+        """
+        ...
+
+    async def free_record(
+        self,
+        name: str,
+        token: str,
+        *,
+        done: tuple[str, ...] | None = None,
+        version: int | None = None,
+        modified_on: datetime | None = None,
+    ) -> None:
+        """Give a record lease back in one write, under `token` (else leave it): with `done`, the keys completed on
+        the record (newest last); with `version` / `modified_on`, the newest Dataverse change seen."""
         ...
 
     async def aclose(self) -> None: ...

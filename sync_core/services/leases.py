@@ -1,9 +1,10 @@
 """Record leases: one writer per record at a time, whether it is a queue worker or the pull.
 
 Two writers that meet on one record would otherwise write Spotler in an order nobody chose (an older value
-landing last). The lease is a row in Table Storage taken with an ETag condition. It is short (a minute) and
-renewed while its holder works, so a holder that dies blocks the record for about a minute, not for as long
-as the longest push could take.
+landing last). The lease is a row in Table Storage taken with an ETag condition; a push takes it for one change
+(`claim`), so the same row tells a duplicate delivery and keeps the newest Dataverse version the record has seen,
+and gives it back with the change completed in one write. It is short (a minute) and renewed while its holder
+works, so a holder that dies blocks the record for about a minute, not for as long as the longest push could take.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sync_core.domain.ports import StateStore
+from sync_core.domain.ports import RecordClaim, StateStore
 from sync_core.domain.records import EntityName
 
 log = logging.getLogger("sync_core.leases")
@@ -26,8 +27,12 @@ DEFAULT_TTL = timedelta(minutes=1)
 """How long a lease outlives a holder that stopped renewing it (crashed, killed, cut off from storage)."""
 
 
+RECORD_PREFIX = "record/"
+
+
 def lease_name(entity: EntityName, record_id: str) -> str:
-    return f"record/{entity}/{record_id}"
+    """A record's lease row; it stays once given back (it keeps what the record has seen)."""
+    return f"{RECORD_PREFIX}{entity}/{record_id}"
 
 
 @dataclass(slots=True)
@@ -72,7 +77,9 @@ class RecordLeases:
         """A lease on any name (e.g. a person's e-mail hash), waiting up to `wait`; None if busy."""
         polls = max(1, math.ceil(self.wait.total_seconds() / POLL_SECONDS))
         for poll in range(polls):
-            token = await self.state.acquire_lease(name, owner=owner, now=self.clock(), ttl=self.ttl)
+            token = await self.state.acquire_lease(
+                name, owner=owner, now=self.clock(), ttl=self.ttl, existing=name.startswith(RECORD_PREFIX)
+            )
             if token is not None:
                 self._held[token] = _Held(name, owner, token)
                 self._start_renewing()
@@ -81,8 +88,48 @@ class RecordLeases:
                 await asyncio.sleep(POLL_SECONDS)
         return None
 
-    async def give_back(self, entity: EntityName, record_id: str, token: str) -> None:
-        await self.give_back_named(lease_name(entity, record_id), token)
+    async def claim(
+        self, entity: EntityName, record_id: str, owner: str, key: str, *, existing: bool = False
+    ) -> RecordClaim | None:
+        """The record's lease taken for the change `key` (the delivery claim and the lease are one row), waiting up
+        to `wait`; None if busy; a claim without a token when `key` is a duplicate (nothing is held then)."""
+        name = lease_name(entity, record_id)
+        polls = max(1, math.ceil(self.wait.total_seconds() / POLL_SECONDS))
+        for poll in range(polls):
+            claim = await self.state.claim_record(
+                name, key, owner=owner, now=self.clock(), ttl=self.ttl, existing=existing
+            )
+            if claim is not None:
+                if claim.token is not None:
+                    self._held[claim.token] = _Held(name, owner, claim.token)
+                    self._start_renewing()
+                return claim
+            if poll + 1 < polls:
+                await asyncio.sleep(POLL_SECONDS)
+        return None
+
+    async def give_back(
+        self,
+        entity: EntityName,
+        record_id: str,
+        token: str,
+        *,
+        done: tuple[str, ...] | None = None,
+        version: int | None = None,
+        modified_on: datetime | None = None,
+    ) -> None:
+        """Give a record's lease back in one write; with `done`, the keys completed on it (see `claim`)."""
+        name = lease_name(entity, record_id)
+        held = self._held.pop(token, None)
+        if held is None:
+            await self.state.free_record(name, token, done=done, version=version, modified_on=modified_on)
+            return
+        async with held.lock:  # never while a renewal is on its way: it would take the lease again
+            held.released = True
+            await self.state.free_record(name, held.token, done=done, version=version, modified_on=modified_on)
+        if not self._held and self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
 
     async def give_back_named(self, name: str, token: str) -> None:
         held = self._held.pop(token, None)

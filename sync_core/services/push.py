@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from sync_core.domain.consent import email_hash, normalize_email
 from sync_core.domain.errors import NotFoundError, SyncError
@@ -24,13 +24,14 @@ from sync_core.domain.plan import (
     plan_departure,
     plan_push,
 )
-from sync_core.domain.ports import ConcurrencyConflict, DataverseGateway, SpotlerGateway, StateStore
+from sync_core.domain.ports import ConcurrencyConflict, DataverseGateway, RecordClaim, SpotlerGateway, StateStore
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.records import AttrValue, ChangeEvent, ChangeKind, EntityName, EventSource, SpotlerContact
 from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry
 from sync_core.services.leases import DEFAULT_TTL, RecordLeases, email_lease_name
 
 log = logging.getLogger("sync_core.push")
+_T = TypeVar("_T", int, datetime)
 
 
 class ChangeGuard(Protocol):
@@ -147,49 +148,63 @@ class PushService:
         if event.made_by(self._app_user):  # our own pull write-backs and status columns
             return PushOutcome("ignored", None, "change made by the connector itself")
         now = self._clock()
-        if not await self._state.claim_delivery(event.idempotency_key, owner=owner, now=now):
+        key = event.idempotency_key
+        # One change of a record at a time: two workers must not write Spotler in an order nobody chose. The claim
+        # of this delivery and the record's lease are one row (one write), given back with the outcome.
+        claim = await self.leases.claim(
+            event.entity, event.record_id, owner, key, existing=event.kind is not ChangeKind.CREATE
+        )
+        if claim is None:
+            raise RetryLater("another change of this record is being applied")
+        if claim.token is None:
             log.info("duplicate delivery ignored", extra={"entity": event.entity, "record_id": event.record_id})
             return PushOutcome("ignored", None, "duplicate delivery")
-        # One change of a record at a time: two workers must not write Spotler in an order nobody chose.
-        lease = await self.leases.take(event.entity, event.record_id, owner)
-        if lease is None:
-            await self._state.release_delivery(event.idempotency_key, owner=owner)
-            raise RetryLater("another change of this record is being applied")
+        completed = False
         try:
-            return await self._handle_claimed(event, mapping, owner, now)
+            outcome, completed = await self._handle_claimed(event, mapping, owner, now, claim)
+            return outcome
         finally:
-            await self.leases.give_back(event.entity, event.record_id, lease)
+            if completed:
+                # Completed: a duplicate is told by its key, and the newest version orders later events (the link
+                # is not saved when the change changed nothing).
+                await self.leases.give_back(
+                    event.entity,
+                    event.record_id,
+                    claim.token,
+                    done=(*claim.done, key),
+                    version=_newest(claim.version, event.version),
+                    modified_on=_newest(claim.modified_on, event.modified_on),
+                )
+            else:
+                # Given back, not completed: a redelivery or an operator's replay of its dead letter claims it again.
+                await self.leases.give_back(event.entity, event.record_id, claim.token)
 
     async def _handle_claimed(
-        self, event: ChangeEvent, mapping: EntityMapping, owner: str, now: datetime
-    ) -> PushOutcome:
+        self, event: ChangeEvent, mapping: EntityMapping, owner: str, now: datetime, claim: RecordClaim
+    ) -> tuple[PushOutcome, bool]:
+        """The outcome, and whether the change is completed (False: it may be delivered or replayed again)."""
         try:
-            outcome = await self._apply(event, mapping, now)
+            outcome = await self._apply(event, mapping, now, seen=claim)
         except ConcurrencyConflict as exc:
-            await self._state.release_delivery(event.idempotency_key, owner=owner)
             raise RetryLater("another worker updated the record's link at the same time") from exc
         except HeldByGuard as exc:
             # Held, not dropped: the queue delivers it again; on its last delivery it waits as a dead letter that
             # the pull replays once the hour has slid on (or an operator replays after a bulk run).
-            await self._state.release_delivery(event.idempotency_key, owner=owner)
             await self._record_status(event, ReasonCode.PAUSED_BY_GUARD, "paused", str(exc), None, now)
             raise RetryLater(str(exc), retry_after=60.0) from exc
         except SyncError as exc:
             if exc.retryable:
-                await self._state.release_delivery(event.idempotency_key, owner=owner)
                 await self._record_failure(event, ReasonCode.TRANSIENT_ERROR, exc, now)
                 raise RetryLater(
                     f"{type(exc).__name__}: {exc.message}", retry_after=getattr(exc, "retry_after", None)
                 ) from exc
             await self._record_failure(event, ReasonCode.PERMANENT_ERROR, exc, now)
             await self.dead_letter(event, exc, attempts=1, now=now, retry=False)
-            # Released, not completed: an operator's replay of the dead letter must be able to claim it again.
-            await self._state.release_delivery(event.idempotency_key, owner=owner)
-            return PushOutcome("failed", ReasonCode.PERMANENT_ERROR, exc.message)
+            # Not completed: an operator's replay of the dead letter must be able to claim it again.
+            return PushOutcome("failed", ReasonCode.PERMANENT_ERROR, exc.message), False
         if outcome.successor is not None:
             await self._hand_over(outcome.successor, owner)
-        await self._state.complete_delivery(event.idempotency_key, owner=owner, now=now)
-        return outcome
+        return outcome, True
 
     async def _hand_over(self, successor: LinkState, owner: str) -> None:
         """The record that spoke for a shared contact left: the next one's values are written now, not on its
@@ -234,9 +249,19 @@ class PushService:
         row = await self._dataverse.get_row(event.entity, event.record_id, columns)
         return dict(row.attributes) if row is not None else None
 
-    async def _apply(self, event: ChangeEvent, mapping: EntityMapping, now: datetime, *, note: str = "") -> PushOutcome:
+    async def _apply(
+        self,
+        event: ChangeEvent,
+        mapping: EntityMapping,
+        now: datetime,
+        *,
+        note: str = "",
+        seen: RecordClaim | None = None,
+    ) -> PushOutcome:
         attrs = await self._row_attributes(event, mapping)
         link = await self._state.get_link(event.entity, event.record_id)
+        if link is not None and seen is not None:
+            link = _ordered(link, seen)  # a change that changed nothing moved only the record's lease row
         # A delete's pre-image feeds its tombstone and finds its contact, but a gone row is never paired by e-mail.
         address = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
         email = address if event.kind is not ChangeKind.DELETE else None
@@ -483,7 +508,7 @@ class PushService:
             await self._state.put_suppression(plan.suppress)
         if plan.lift_suppression is not None:
             await self._state.delete_suppression(plan.lift_suppression)
-        if plan.link is not None:
+        if plan.link is not None and not _same_link(plan.link, previous):
             await self._state.save_link(plan.link)
         if plan.record_status and not _repeats_status(plan, previous):
             await self._record_status(
@@ -600,6 +625,30 @@ class PushService:
                 with contextlib.suppress(ConcurrencyConflict):
                     await self._state.save_link(dataclasses.replace(link, reason=reason, detail=detail, next_retry=due))
             await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)
+
+
+def _newest(seen: _T | None, new: _T | None) -> _T | None:
+    return new if seen is None or (new is not None and new > seen) else seen
+
+
+def _ordered(link: LinkState, seen: RecordClaim) -> LinkState:
+    """The link with the newest Dataverse version its record's lease row has seen (never moving backwards)."""
+    version = _newest(link.dv_version, seen.version)
+    modified = _newest(link.dv_modified_on, seen.modified_on)
+    if version == link.dv_version and modified == link.dv_modified_on:
+        return link
+    return dataclasses.replace(link, dv_version=version, dv_modified_on=modified)
+
+
+def _same_link(new: LinkState, previous: LinkState | None) -> bool:
+    """Only the ordering data and the time of the attempt moved: nothing to save (the lease row keeps the order)."""
+    if previous is None:
+        return False
+
+    def kept(link: LinkState) -> LinkState:
+        return dataclasses.replace(link, dv_version=None, dv_modified_on=None, last_attempt=None, etag=None)
+
+    return kept(new) == kept(previous)
 
 
 class _NeedsAddressLease(Exception):

@@ -119,10 +119,8 @@ class QueueWorker:
                     span.set_attribute("sync.reason", reason)
         except Exception as exc:
             telemetry.change(direction="push", action="failed", reason=type(exc).__name__)
-            # A failure after the claim (storage, an unexpected error) must not leave the event claimed by
-            # this message: a replay of its dead letter would otherwise be taken for a duplicate.
-            with contextlib.suppress(Exception):
-                await self._state.release_delivery(event.idempotency_key, owner=owner)
+            # The push gave its claim back without completing it (its lease row, in the same write), so a
+            # replay of the dead letter is not taken for a duplicate.
             if not last:
                 raise
             return await self._park_event(event, exc, attempts=attempts, body=text)

@@ -12,6 +12,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -416,3 +417,63 @@ def delivery_props(key: str, owner: str, state: str, updated: datetime | None) -
     props: Props = {"key": _check_size("key", key), "owner": _check_size("owner", owner), "state": state}
     _put(props, "updated", updated)
     return props
+
+
+# ---------------------------------------------------------------------------------------------- record claims
+
+RECORD_DONE_KEPT = 16
+"""Idempotency keys of the last changes completed on a record, kept on its lease row to tell a duplicate."""
+FREE = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """A record's lease row: who holds it (until when), for which change, and what it has seen so far."""
+
+    owner: str
+    expires: datetime | None
+    claimed: str
+    done: tuple[str, ...]
+    version: int | None
+    modified_on: datetime | None
+
+
+def record_row(props: Mapping[str, Any]) -> RecordRow:
+    try:
+        done = json.loads(props.get("done") or "[]")
+    except ValueError:
+        done = []
+    return RecordRow(
+        owner=str(props.get("owner") or ""),
+        expires=_opt_dt(props, "expires"),
+        claimed=str(props.get("claimed") or ""),
+        done=tuple(str(key) for key in done) if isinstance(done, list) else (),
+        version=_opt_int(props.get("version")),
+        modified_on=_opt_dt(props, "modified_on"),
+    )
+
+
+def record_claim_props(name: str, owner: str, expires: datetime, claimed: str) -> Props:
+    """What a claim writes (merged into the row: what the row has seen stays)."""
+    props = lease_props(name, owner, expires)
+    props["claimed"] = _check_size("claimed", claimed)
+    return props
+
+
+def record_free_props(done: tuple[str, ...] | None, version: int | None, modified_on: datetime | None) -> Props:
+    """What giving a record back writes (merged): nobody holds it; with `done`, the completed keys."""
+    props: Props = {"owner": "", "claimed": ""}
+    _put(props, "expires", FREE)
+    if done is not None:
+        props["done"] = _check_size("done", json.dumps(list(done[-RECORD_DONE_KEPT:]), separators=(",", ":")))
+    _put(props, "version", version)
+    _put(props, "modified_on", modified_on)
+    return props
+
+
+def record_is_duplicate(row: RecordRow, key: str, owner: str, now: datetime) -> bool:
+    """`key` was completed already, or another live holder is applying it right now."""
+    if key in row.done:
+        return True
+    held = row.owner not in ("", owner) and row.expires is not None and row.expires > utc(now, "now")
+    return held and row.claimed == key

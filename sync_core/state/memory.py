@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
-from sync_core.domain.ports import ConcurrencyConflict
+from sync_core.domain.ports import ConcurrencyConflict, RecordClaim
 from sync_core.domain.records import EntityName
 from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 from sync_core.state import codec
@@ -280,7 +280,9 @@ class InMemoryStateStore:
 
     # ------------------------------------------------------------------------------------------ leases
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
+    async def acquire_lease(
+        self, name: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> str | None:
         row = codec.safe_key(name)
         props = codec.lease_props(name, owner, now + ttl)
         current = self._deliveries.get(codec.LEASE_PARTITION, row)
@@ -288,7 +290,42 @@ class InMemoryStateStore:
             return self._deliveries.create(codec.LEASE_PARTITION, row, props)
         if not codec.lease_is_free(current.props, owner, now):
             return None
-        return self._deliveries.replace_if(codec.LEASE_PARTITION, row, props, current.etag)
+        # Merged: a record's lease row keeps what it has seen; a change claimed by another holder is not ours.
+        taken = props if current.props.get("owner") == owner else {**props, "claimed": ""}
+        return self._deliveries.replace_if(codec.LEASE_PARTITION, row, {**current.props, **taken}, current.etag)
+
+    async def claim_record(
+        self, name: str, key: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> RecordClaim | None:
+        row_key = codec.safe_key(name)
+        props = codec.record_claim_props(name, owner, now + ttl, key)
+        current = self._deliveries.get(codec.LEASE_PARTITION, row_key)
+        if current is None:
+            etag = self._deliveries.create(codec.LEASE_PARTITION, row_key, props)
+            return None if etag is None else RecordClaim(etag)
+        row = codec.record_row(current.props)
+        if codec.record_is_duplicate(row, key, owner, now):
+            return RecordClaim(None, row.done, row.version, row.modified_on)
+        if not codec.lease_is_free(current.props, owner, now):
+            return None
+        etag = self._deliveries.replace_if(codec.LEASE_PARTITION, row_key, {**current.props, **props}, current.etag)
+        return None if etag is None else RecordClaim(etag, row.done, row.version, row.modified_on)
+
+    async def free_record(
+        self,
+        name: str,
+        token: str,
+        *,
+        done: tuple[str, ...] | None = None,
+        version: int | None = None,
+        modified_on: datetime | None = None,
+    ) -> None:
+        row_key = codec.safe_key(name)
+        current = self._deliveries.get(codec.LEASE_PARTITION, row_key)
+        if current is None or current.etag != token:
+            return
+        props = codec.record_free_props(done, version, modified_on)
+        self._deliveries.replace_if(codec.LEASE_PARTITION, row_key, {**current.props, **props}, token)
 
     async def release_lease(self, name: str, token: str) -> None:
         self._deliveries.delete_if(codec.LEASE_PARTITION, codec.safe_key(name), token)

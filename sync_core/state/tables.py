@@ -34,7 +34,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import EdmType, EntityProperty, TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from sync_core.domain.ports import ConcurrencyConflict
+from sync_core.domain.ports import ConcurrencyConflict, RecordClaim
 from sync_core.domain.records import EntityName
 from sync_core.domain.state_model import DeadLetter, LinkState, StatusEntry, Suppression, Watermark
 from sync_core.state import codec
@@ -84,6 +84,23 @@ def _result_etag(result: Mapping[str, Any]) -> str:
     return str(result["etag"])
 
 
+_RECORDS_KEPT = 4096
+"""Record lease rows remembered as this process last wrote them (by ETag), to claim them in one write."""
+
+
+def _record_is_free(row: codec.RecordRow, owner: str, now: datetime) -> bool:
+    return row.owner in ("", owner) or row.expires is None or row.expires <= codec.utc(now, "now")
+
+
+def _record_props(row: codec.RecordRow) -> dict[str, Any]:
+    """A remembered record row as the properties it was read from (enough to merge a write into it)."""
+    props = codec.record_free_props(row.done, row.version, row.modified_on)
+    props.update(owner=row.owner, claimed=row.claimed)
+    if row.expires is not None:
+        props["expires"] = row.expires
+    return props
+
+
 class TableStateStore:
     """`StateStore` on Azure Table Storage; see the module docstring for the layout."""
 
@@ -91,6 +108,7 @@ class TableStateStore:
         self._service = service
         self._prefix = _validate_prefix(prefix)
         self._read_links: dict[tuple[str, str], tuple[str, set[str]]] = {}
+        self._records: dict[str, tuple[str, codec.RecordRow]] = {}
         self._links = self._table("links")
         self._index = self._table("index")
         self._watermarks = self._table("watermarks")
@@ -466,17 +484,146 @@ class TableStateStore:
 
     # ------------------------------------------------------------------------------------------ leases
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
+    async def acquire_lease(
+        self, name: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> str | None:
         await self._ensure()
-
-        def decide(current: TableEntity) -> Takeover:
-            return "take" if codec.lease_is_free(current, owner, now) else "refuse"
-
+        row = codec.safe_key(name)
         props = codec.lease_props(name, owner, now + ttl)
-        return await self._insert_or_take(codec.LEASE_PARTITION, codec.safe_key(name), props, decide)
+        known = self._records.get(name)
+        if known is not None and _record_is_free(known[1], owner, now):
+            # As this process last wrote it: one merge under that ETag (a renewal, or a record given back here).
+            token = await self._take_lease(name, row, props, known[0], known[1], owner)
+            if token is not None:
+                return token
+        for attempt in range(2):  # once more when the row disappears between our insert and our read
+            if not (existing and attempt == 0):
+                try:
+                    result = await self._deliveries.create_entity(_to_entity(codec.LEASE_PARTITION, row, props))
+                except ResourceExistsError:
+                    pass
+                else:
+                    self._remember_record(name, _result_etag(result), codec.record_row(props))
+                    return _result_etag(result)
+            current = await self._get(self._deliveries, codec.LEASE_PARTITION, row)
+            if current is None:
+                continue
+            if not codec.lease_is_free(current, owner, now):
+                return None
+            return await self._take_lease(name, row, props, _etag(current) or "", codec.record_row(current), owner)
+        return None
+
+    async def _take_lease(
+        self, name: str, row_key: str, props: dict[str, Any], etag: str, row: codec.RecordRow, owner: str
+    ) -> str | None:
+        # Merged: a record's lease row keeps what it has seen; a change claimed by another holder is not ours.
+        taken = props if row.owner == owner else {**props, "claimed": ""}
+        try:
+            result = await self._deliveries.update_entity(
+                _to_entity(codec.LEASE_PARTITION, row_key, taken),
+                mode=UpdateMode.MERGE,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            self._records.pop(name, None)
+            return None
+        new_etag = _result_etag(result)
+        self._remember_record(name, new_etag, codec.record_row({**_record_props(row), **taken}))
+        return new_etag
+
+    # ------------------------------------------------------------------------------------------ record claims
+
+    async def claim_record(
+        self, name: str, key: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> RecordClaim | None:
+        await self._ensure()
+        row_key = codec.safe_key(name)
+        props = codec.record_claim_props(name, owner, now + ttl, key)
+        known = self._records.get(name)
+        if known is not None:
+            # The row as this process last wrote it: a merge under that ETag takes it in one write, and fails
+            # (then the row is read) if anyone changed it since.
+            etag, row = known
+            if codec.record_is_duplicate(row, key, owner, now):
+                return RecordClaim(None, row.done, row.version, row.modified_on)  # completed keys stay completed
+            if _record_is_free(row, owner, now):
+                claim = await self._take_record(name, row_key, props, etag, row)
+                if claim is not None:
+                    return claim
+        current = await self._get(self._deliveries, codec.LEASE_PARTITION, row_key) if existing else None
+        if current is None:
+            try:
+                result = await self._deliveries.create_entity(_to_entity(codec.LEASE_PARTITION, row_key, props))
+            except ResourceExistsError:
+                pass
+            else:
+                etag = _result_etag(result)
+                self._remember_record(name, etag, codec.record_row(props))
+                return RecordClaim(etag)
+            current = await self._get(self._deliveries, codec.LEASE_PARTITION, row_key)
+        if current is None:
+            return None  # given back and deleted meanwhile: the caller tries again
+        row = codec.record_row(current)
+        if codec.record_is_duplicate(row, key, owner, now):
+            return RecordClaim(None, row.done, row.version, row.modified_on)
+        if not _record_is_free(row, owner, now):
+            return None
+        return await self._take_record(name, row_key, props, _etag(current) or "", row)
+
+    async def _take_record(
+        self, name: str, row_key: str, props: dict[str, Any], etag: str, row: codec.RecordRow
+    ) -> RecordClaim | None:
+        try:
+            result = await self._deliveries.update_entity(
+                _to_entity(codec.LEASE_PARTITION, row_key, props),
+                mode=UpdateMode.MERGE,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            self._records.pop(name, None)
+            return None
+        new_etag = _result_etag(result)
+        taken = codec.record_row({**_record_props(row), **props})
+        self._remember_record(name, new_etag, taken)
+        return RecordClaim(new_etag, row.done, row.version, row.modified_on)
+
+    async def free_record(
+        self,
+        name: str,
+        token: str,
+        *,
+        done: tuple[str, ...] | None = None,
+        version: int | None = None,
+        modified_on: datetime | None = None,
+    ) -> None:
+        await self._ensure()
+        props = codec.record_free_props(done, version, modified_on)
+        try:
+            result = await self._deliveries.update_entity(
+                _to_entity(codec.LEASE_PARTITION, codec.safe_key(name), props),
+                mode=UpdateMode.MERGE,
+                etag=token,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            self._records.pop(name, None)
+            logger.info("record lease changed since it was taken (expired and taken over); left as it is")
+            return
+        known = self._records.get(name)
+        if known is None:
+            return
+        self._remember_record(name, _result_etag(result), codec.record_row({**_record_props(known[1]), **props}))
+
+    def _remember_record(self, name: str, etag: str, row: codec.RecordRow) -> None:
+        if name not in self._records and len(self._records) >= _RECORDS_KEPT:
+            self._records.pop(next(iter(self._records)))
+        self._records[name] = (etag, row)
 
     async def release_lease(self, name: str, token: str) -> None:
         await self._ensure()
+        self._records.pop(name, None)
         try:
             await self._deliveries.delete_entity(
                 codec.LEASE_PARTITION, codec.safe_key(name), etag=token, match_condition=MatchConditions.IfNotModified

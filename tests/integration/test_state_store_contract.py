@@ -12,7 +12,7 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.data.tables.aio import TableServiceClient
 
-from sync_core.domain.ports import ConcurrencyConflict, StateStore
+from sync_core.domain.ports import ConcurrencyConflict, RecordClaim, StateStore
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.state_model import (
     DeadLetter,
@@ -23,6 +23,7 @@ from sync_core.domain.state_model import (
     Watermark,
 )
 from sync_core.state import InMemoryStateStore, TableStateStore
+from sync_core.state.codec import RECORD_DONE_KEPT
 from tests.fixtures.azurite import AzuriteInstance, azurite, storage_prefix  # noqa: F401
 
 T0 = datetime(2024, 5, 17, 9, 30, 12, 345678, tzinfo=UTC)
@@ -499,6 +500,76 @@ async def test_concurrent_lease_takers_exactly_one_wins(store: StateStore) -> No
         *(store.acquire_lease("record/lead/1", owner=f"late-{n}", now=later, ttl=ttl) for n in range(4))
     )
     assert sum(token is not None for token in takeovers) == 1
+
+
+async def test_a_record_claim_is_the_lease_and_tells_duplicates_by_key(store: StateStore) -> None:
+    ttl = timedelta(minutes=1)
+    name = "record/contact/odd#id?"
+    first = await store.claim_record(name, "change-1", owner="msg-1", now=T0, ttl=ttl)
+    assert first is not None
+    assert first.token is not None
+    assert (first.done, first.version, first.modified_on) == ((), None, None)
+    # While it is held: the same change from another message is a duplicate, another change waits.
+    in_flight = await store.claim_record(name, "change-1", owner="msg-1-copy", now=T0, ttl=ttl)
+    assert in_flight is not None
+    assert in_flight.duplicate
+    assert await store.claim_record(name, "change-2", owner="msg-2", now=T0, ttl=ttl) is None
+    assert await store.acquire_lease(name, owner="pull", now=T0, ttl=ttl) is None
+    # The holder's own redelivery takes it again.
+    mine = await store.claim_record(name, "change-1", owner="msg-1", now=T0, ttl=ttl)
+    assert mine is not None
+    assert mine.token is not None
+
+    await store.free_record(name, first.token, done=("change-1",), version=7, modified_on=T0)  # outdated token
+    assert await store.claim_record(name, "change-2", owner="msg-2", now=T0, ttl=ttl) is None
+    await store.free_record(name, mine.token, done=("change-1",), version=7, modified_on=T0)
+
+    assert (await store.claim_record(name, "change-1", owner="msg-9", now=T0, ttl=ttl)) == RecordClaim(
+        None, ("change-1",), 7, T0
+    )
+    second = await store.claim_record(name, "change-2", owner="msg-2", now=T0, ttl=ttl)
+    assert second is not None
+    assert second.token is not None
+    assert (second.done, second.version, second.modified_on) == (("change-1",), 7, T0)
+    await store.free_record(name, second.token)  # given back, not completed: claimable again
+    again = await store.claim_record(name, "change-2", owner="replay", now=T0, ttl=ttl)
+    assert again is not None
+    assert again.token is not None
+    assert (again.done, again.version) == (("change-1",), 7)
+
+
+async def test_a_record_lease_taken_over_keeps_what_the_record_has_seen(store: StateStore) -> None:
+    ttl = timedelta(minutes=1)
+    name = "record/lead/1"
+    claim = await store.claim_record(name, "change-1", owner="msg-1", now=T0, ttl=ttl)
+    assert claim is not None
+    assert claim.token is not None
+    await store.free_record(name, claim.token, done=("change-1",), version=3)
+    crashed = await store.claim_record(name, "change-2", owner="msg-2", now=T0, ttl=ttl)
+    assert crashed is not None
+    # msg-2 dies; after the TTL the pull takes the lease: change-2 is not completed, and not in flight any more.
+    pulled = await store.acquire_lease(name, owner="pull", now=T0 + ttl, ttl=ttl)
+    assert pulled is not None
+    assert await store.claim_record(name, "change-2", owner="msg-2-again", now=T0 + ttl, ttl=ttl) is None
+    await store.free_record(name, pulled)
+    retaken = await store.claim_record(name, "change-2", owner="msg-2-again", now=T0 + ttl, ttl=ttl)
+    assert retaken is not None
+    assert retaken.token is not None
+    assert (retaken.done, retaken.version) == (("change-1",), 3)
+    # Completed keys are kept up to a bound, newest last.
+    await store.free_record(name, retaken.token, done=tuple(f"k{n}" for n in range(40)), version=4)
+    last = await store.claim_record(name, "k39", owner="msg-x", now=T0 + ttl, ttl=ttl)
+    assert last is not None
+    assert last.duplicate
+    assert last.done == tuple(f"k{n}" for n in range(40 - RECORD_DONE_KEPT, 40))
+
+
+async def test_concurrent_record_claims_exactly_one_wins(store: StateStore) -> None:
+    ttl = timedelta(minutes=1)
+    outcomes = await asyncio.gather(
+        *(store.claim_record("record/contact/c", f"change-{n}", owner=f"msg-{n}", now=T0, ttl=ttl) for n in range(5))
+    )
+    assert sum(claim is not None and claim.token is not None for claim in outcomes) == 1
 
 
 # ------------------------------------------------------------------------------------------------ Table specifics

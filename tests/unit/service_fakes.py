@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from sync_core.dataverse.client import ROW_NOT_FOUND_CODE
 from sync_core.dataverse.errors import DataverseConflict, DataverseNotFound
 from sync_core.domain.mapping import MappingConfig
-from sync_core.domain.ports import DataverseGateway, SpotlerGateway
+from sync_core.domain.ports import DataverseGateway, RecordClaim, SpotlerGateway
 from sync_core.domain.records import (
     PERMISSIONS_PROPERTY,
     AttrValue,
@@ -532,9 +532,29 @@ class YieldingStateStore(InMemoryStateStore):
         await asyncio.sleep(0)
         return await super().claim_delivery(key, owner=owner, now=now)
 
-    async def acquire_lease(self, name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
+    async def acquire_lease(
+        self, name: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> str | None:
         await asyncio.sleep(0)
-        return await super().acquire_lease(name, owner=owner, now=now, ttl=ttl)
+        return await super().acquire_lease(name, owner=owner, now=now, ttl=ttl, existing=existing)
+
+    async def claim_record(
+        self, name: str, key: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> RecordClaim | None:
+        await asyncio.sleep(0)
+        return await super().claim_record(name, key, owner=owner, now=now, ttl=ttl, existing=existing)
+
+    async def free_record(
+        self,
+        name: str,
+        token: str,
+        *,
+        done: tuple[str, ...] | None = None,
+        version: int | None = None,
+        modified_on: datetime | None = None,
+    ) -> None:
+        await asyncio.sleep(0)
+        await super().free_record(name, token, done=done, version=version, modified_on=modified_on)
 
 
 # ---------------------------------------------------------------------------------------------- wiring

@@ -82,7 +82,7 @@ async def test_when_the_dead_letter_cannot_be_stored_the_message_goes_to_the_poi
     world.dataverse.put_row("contact", RECORD, row_attributes(RECORD))
     text = encode_event(change(RECORD))
     broken = _raise(BrokenStore("storage down"))
-    world.state.claim_delivery = broken  # type: ignore[method-assign]
+    world.state.claim_record = broken  # type: ignore[method-assign]
     world.state.get_dead_letter = broken  # type: ignore[method-assign]
     poison = InMemoryEventQueue("events-poison")
     delivered = await worker(world, poison).deliver(text.encode(), message_id="m1", dequeue_count=3)
@@ -117,7 +117,7 @@ class PoisonQueueNotCreatedYet(InMemoryEventQueue):
 async def test_a_poison_queue_that_does_not_exist_yet_is_created_for_the_forward() -> None:
     world = World()
     broken = _raise(BrokenStore("storage down"))
-    world.state.claim_delivery = broken  # type: ignore[method-assign]
+    world.state.claim_record = broken  # type: ignore[method-assign]
     world.state.get_dead_letter = broken  # type: ignore[method-assign]
     poison = PoisonQueueNotCreatedYet()
     delivered = await worker(world, poison).deliver(
@@ -131,7 +131,7 @@ async def test_a_poison_queue_that_does_not_exist_yet_is_created_for_the_forward
 async def test_without_a_poison_queue_a_storage_failure_on_the_last_delivery_is_raised_to_the_host() -> None:
     world = World()
     broken = _raise(BrokenStore("storage down"))
-    world.state.claim_delivery = broken  # type: ignore[method-assign]
+    world.state.claim_record = broken  # type: ignore[method-assign]
     world.state.get_dead_letter = broken  # type: ignore[method-assign]
     with pytest.raises(BrokenStore):
         await worker(world).deliver(encode_event(change(RECORD)).encode(), message_id="m1", dequeue_count=3)

@@ -10,9 +10,11 @@ import pytest
 
 from sync_core.dataverse.errors import DataverseNotFound, DataverseTransient
 from sync_core.domain.errors import SyncError
+from sync_core.domain.ports import RecordClaim
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.records import ChangeKind
 from sync_core.services.guard import InMemoryDecisionLog, MassChangeGuard
+from sync_core.services.leases import lease_name
 from sync_core.services.push import PushOutcome, RetryLater, StatusColumns
 from sync_core.spotler.errors import SpotlerInvalidData, SpotlerRateLimited, SpotlerTransientError
 from tests.unit.domain_builders import T0, hashed
@@ -167,7 +169,11 @@ async def test_permanent_failure_is_reported_and_dead_lettered_without_automatic
     )
     assert world.spotler.contact(ID) is None
     # Released, not completed: an operator's replay can claim it again.
-    assert await world.state.claim_delivery(event.idempotency_key, owner="replay:operator", now=T0)
+    replay = await world.state.claim_record(
+        lease_name("contact", ID), event.idempotency_key, owner="replay:operator", now=T0, ttl=timedelta(minutes=1)
+    )
+    assert replay is not None
+    assert not replay.duplicate
 
 
 async def test_dead_letter_after_repeated_transient_failures_schedules_a_replay() -> None:
@@ -224,7 +230,11 @@ async def test_change_made_by_the_app_user_is_ignored_without_calls(initiating: 
     assert world.spotler.calls == {}
     assert world.dataverse.calls == {}
     assert await world.state.list_status("contact", ID) == []
-    assert await world.state.claim_delivery(event.idempotency_key, owner="someone-else", now=T0)
+    other = await world.state.claim_record(
+        lease_name("contact", ID), event.idempotency_key, owner="someone-else", now=T0, ttl=timedelta(minutes=1)
+    )
+    assert other is not None
+    assert not other.duplicate
 
 
 async def test_held_record_lease_defers_the_change_until_it_is_released() -> None:
@@ -255,13 +265,15 @@ async def test_lease_held_through_the_whole_wait_still_defers_the_change() -> No
     push = world.push(lease_wait=timedelta(seconds=0.4))  # two polls, 0.2 s apart (real time)
     assert await world.state.acquire_lease(f"record/contact/{ID}", owner="other", now=T0, ttl=timedelta(minutes=5))
     polls: list[str] = []
-    acquire = world.state.acquire_lease
+    claim = world.state.claim_record
 
-    async def counted(name: str, *, owner: str, now: datetime, ttl: timedelta) -> str | None:
+    async def counted(
+        name: str, key: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
+    ) -> RecordClaim | None:
         polls.append(owner)
-        return await acquire(name, owner=owner, now=now, ttl=ttl)
+        return await claim(name, key, owner=owner, now=now, ttl=ttl, existing=existing)
 
-    world.state.acquire_lease = counted  # type: ignore[method-assign]
+    world.state.claim_record = counted  # type: ignore[method-assign]
 
     with pytest.raises(RetryLater):
         await push.handle(change(ID), owner="msg-1")
