@@ -84,6 +84,8 @@ def _result_etag(result: Mapping[str, Any]) -> str:
     return str(result["etag"])
 
 
+_STATUS_COUNTS_KEPT = 4096
+"""Status partitions whose number of entries this process knows (it listed them, then added to them)."""
 _RECORDS_KEPT = 4096
 """Record lease rows remembered as this process last wrote them (by ETag), to claim them in one write."""
 
@@ -109,6 +111,7 @@ class TableStateStore:
         self._prefix = _validate_prefix(prefix)
         self._read_links: dict[tuple[str, str], tuple[str, set[str]]] = {}
         self._records: dict[str, tuple[str, codec.RecordRow]] = {}
+        self._status_counts: dict[str, int] = {}
         self._links = self._table("links")
         self._index = self._table("index")
         self._watermarks = self._table("watermarks")
@@ -356,6 +359,13 @@ class TableStateStore:
         partition = codec.status_partition(entry.entity, entry.record_id)
         entity = _to_entity(partition, codec.status_row_key(entry.at), codec.status_to_props(entry))
         await self._status.create_entity(entity)
+        counted = self._status_counts.pop(partition, None)
+        if counted is not None and counted < keep:
+            # The partition held `counted` entries when this process last listed it, and this process added the
+            # rest: no listing until it may hold more than `keep`. Entries other instances added meanwhile are
+            # trimmed at that listing (and `list_status` shows the newest `limit` whatever the partition holds).
+            self._count_status(partition, counted + 1)
+            return
         rows = [
             str(row["RowKey"])
             async for row in self._status.query_entities(
@@ -364,6 +374,12 @@ class TableStateStore:
         ]
         rows.sort()
         await asyncio.gather(*(self._status.delete_entity(partition, row) for row in rows[max(keep, 0) :]))
+        self._count_status(partition, min(len(rows), max(keep, 0)))
+
+    def _count_status(self, partition: str, count: int) -> None:
+        if len(self._status_counts) >= _STATUS_COUNTS_KEPT:
+            self._status_counts.pop(next(iter(self._status_counts)))
+        self._status_counts[partition] = count
 
     async def list_status(self, entity: EntityName, record_id: str, *, limit: int = 20) -> list[StatusEntry]:
         await self._ensure()
