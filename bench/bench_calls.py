@@ -28,6 +28,7 @@ from rich.table import Table
 
 from sandboxes.functions_host import LocalFunctionsHost
 from sandboxes.stack import sandbox_stack
+from sync_core.dataverse.webhook import post_image_alias
 from sync_core.domain.records import ENTITY_NAMES
 from sync_core.services.runtime import get_runtime
 
@@ -91,6 +92,7 @@ async def run(connection_string: str, records: int) -> list[tuple[str, ...]]:
                         filtering_attributes=frozenset(mapping.watched_columns()),
                         pre_image=columns if image == "pre" else None,
                         post_image=columns if image == "post" else None,
+                        post_image_alias=post_image_alias(columns),
                     )
 
             async def measure(label: str, n: int, action: Any) -> None:

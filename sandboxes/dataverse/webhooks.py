@@ -485,9 +485,9 @@ def _steps(
 
 
 def _pick(row: Mapping[str, Any], columns: Sequence[str] | str) -> dict[str, Any]:
-    if columns == "*":
-        return dict(row)
-    return {name: row.get(name) for name in columns if name in row}
+    """The image of `row`: the registered columns that hold a value (Dataverse leaves null ones out)."""
+    names = row if columns == "*" else columns
+    return {name: row[name] for name in names if row.get(name) is not None}
 
 
 def _dumps(context: Mapping[str, Any], escape_slashes: bool) -> str:

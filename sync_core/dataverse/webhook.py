@@ -10,12 +10,13 @@ Values are normalized to Web API form (see sync_core.domain.records). Error mess
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -26,11 +27,13 @@ from sync_core.domain.records import ENTITY_NAMES, AttrValue, ChangeEvent, Chang
 
 __all__ = [
     "DATE_ONLY_COLUMNS",
+    "POST_IMAGE",
     "SIZE_EXCEEDED_HEADER",
     "PluginDelivery",
     "UnsupportedMessage",
     "WebhookPayloadError",
     "parse_delivery",
+    "post_image_alias",
 ]
 
 SIZE_EXCEEDED_HEADER = "x-ms-dynamics-msg-size-exceeded"
@@ -51,14 +54,32 @@ _DATE_RE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
 _SAFE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 
 
+POST_IMAGE = "PostImage"
+
+
+def post_image_alias(columns: Iterable[str]) -> str:
+    """The alias `dataverse setup` gives a post-image of `columns`: it names the column set it was registered with.
+
+    Dataverse leaves null columns out of an entity image, so a column missing from an image is null only when the
+    image was registered with it; the alias tells a delivery's image apart from one registered with other columns
+    (a mapping changed since the setup ran), whose missing columns are unknown.
+    """
+    names = ",".join(sorted({column.lower() for column in columns}))
+    return f"{POST_IMAGE}{hashlib.sha256(names.encode('utf-8')).hexdigest()[:12]}"
+
+
 def parse_delivery(
     body: bytes,
     headers: Mapping[str, str],
     *,
     date_only_columns: frozenset[str] = DATE_ONLY_COLUMNS,
+    image_columns: Callable[[EntityName], Sequence[str] | None] | None = None,
 ) -> ChangeEvent:
     """Parse one delivery (RemoteExecutionContext or plug-in JSON) into a ChangeEvent.
 
+    With `image_columns` (the columns `dataverse setup` registers a table's post-image with), a post-image whose
+    alias says it was registered with exactly those columns counts as holding all of them: those it leaves out
+    are null, and the event needs no read of the row.
     Raises WebhookPayloadError for malformed input and UnsupportedMessage for messages not synced.
     """
     document = _load_json(body)
@@ -66,7 +87,14 @@ def parse_delivery(
         raise WebhookPayloadError("body must be a JSON object")
     size_exceeded = any(name.lower() == SIZE_EXCEEDED_HEADER for name in headers)
     if "MessageName" in document:
-        return _parse_context(document, size_exceeded=size_exceeded, date_only_columns=date_only_columns)
+        event = _parse_context(document, size_exceeded=size_exceeded, date_only_columns=date_only_columns)
+        if image_columns is not None and event.complete and event.merged_into is None:
+            columns = image_columns(event.entity)
+            if columns and post_image_alias(columns) in _post_image_aliases(document):
+                nulls = {column: None for column in columns if column not in event.attributes}
+                if nulls:
+                    event = dataclasses.replace(event, attributes={**event.attributes, **nulls})
+        return event
     if "entity" in document:
         return _parse_plugin(document, size_exceeded=size_exceeded)
     raise WebhookPayloadError("body is neither a RemoteExecutionContext (MessageName) nor plug-in JSON (entity)")
@@ -370,6 +398,13 @@ def _key_values(raw: Any, where: str) -> dict[str, Any]:
             raise WebhookPayloadError(f"{where} must be a list of key/value pairs")
         result[item["key"]] = item.get("value")
     return result
+
+
+def _post_image_aliases(context: Mapping[str, Any]) -> set[str]:
+    """The aliases of the post-images a (parsed, hence well-formed) context carries."""
+    if context.get("MessageName") not in ("Create", "Update"):
+        return set()
+    return {alias for alias, image in _key_values(context.get("PostEntityImages"), "PostEntityImages").items() if image}
 
 
 def _images(raw: Any, where: str) -> list[dict[str, Any]]:

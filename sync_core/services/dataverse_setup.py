@@ -15,6 +15,7 @@ from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
 from sync_core.dataverse.metadata import AttributeInfo, DataverseMetadata
+from sync_core.dataverse.webhook import post_image_alias
 from sync_core.domain.mapping import MappingConfig
 from sync_core.domain.reasons import REASON_OPTION_VALUES
 from sync_core.domain.records import ENTITY_NAMES
@@ -35,12 +36,12 @@ PREFIX_RE = re.compile(r"[a-z][a-z0-9]{1,7}")
 
 @dataclass(frozen=True, slots=True)
 class DesiredImage:
-    alias: Literal["PreImage", "PostImage"]
+    alias: str  # "PreImage", or a post-image alias that names its columns (`post_image_alias`)
     attributes: tuple[str, ...]
 
     @property
     def image_type(self) -> int:
-        return IMAGE_TYPES[self.alias]
+        return IMAGE_TYPES["PostImage" if self.alias.startswith("PostImage") else self.alias]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,9 @@ def desired_steps(mapping: MappingConfig) -> list[DesiredStep]:
             continue
         columns = tuple(sorted(entity_mapping.columns()))
         watched = tuple(sorted(entity_mapping.watched_columns()))
-        steps.append(DesiredStep(entity, "Create", (), DesiredImage("PostImage", columns)))
-        steps.append(DesiredStep(entity, "Update", watched, DesiredImage("PostImage", columns)))
+        post_image = DesiredImage(post_image_alias(columns), columns)  # a null column is left out of an image
+        steps.append(DesiredStep(entity, "Create", (), post_image))
+        steps.append(DesiredStep(entity, "Update", watched, post_image))
         steps.append(DesiredStep(entity, "Delete", (), DesiredImage("PreImage", columns)))
     return steps
 

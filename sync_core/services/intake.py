@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +16,7 @@ from sync_core.dataverse.auth import WebhookAuthenticator
 from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
 from sync_core.domain.event_codec import encode_event
 from sync_core.domain.mapping import EntityMapping, MappingConfig
-from sync_core.domain.records import ChangeEvent, ChangeKind
+from sync_core.domain.records import ChangeEvent, ChangeKind, EntityName
 from sync_core.state.bounds import WEBHOOK_STORAGE_DEADLINE_SECONDS
 from sync_core.state.queue import MessageTooLarge
 
@@ -58,6 +58,11 @@ class WebhookIntake:
         self._mapping = mapping
         self._app_user = app_user_id
 
+    def _image_columns(self, entity: EntityName) -> Sequence[str] | None:
+        """The columns `dataverse setup` registers the table's post-image with (see `post_image_alias`)."""
+        mapping = self._mapping.for_entity(entity)
+        return mapping.columns() if mapping is not None else None
+
     async def _queue(self, event: ChangeEvent, mapping: EntityMapping) -> str:
         """Queue the event with only the columns the sync reads; when even that is too large for one queue
         message (a long text column), queue it without values: the worker reads the row instead."""
@@ -86,7 +91,7 @@ class WebhookIntake:
         if len(body) > self._max_bytes:
             return IntakeResult(413, f"payload larger than {self._max_bytes} bytes")
         try:
-            event = parse_delivery(body, headers)
+            event = parse_delivery(body, headers, image_columns=self._image_columns)
         except UnsupportedMessage as exc:
             return IntakeResult(200, f"ignored: {exc}")
         except WebhookPayloadError as exc:

@@ -12,6 +12,7 @@ import httpx
 
 from sync_core.dataverse import DataverseClient, StaticTokenCredential
 from sync_core.dataverse.metadata import DataverseMetadata
+from sync_core.dataverse.webhook import post_image_alias
 from sync_core.domain.mapping import default_mapping
 from sync_core.services.dataverse_setup import SetupOptions, run_setup
 from sync_core.services.runtime import get_runtime
@@ -53,7 +54,8 @@ async def test_after_setup_a_change_reaches_the_connector_with_its_post_image_an
     assert handled == 2
     deliveries = connector.dataverse.sandbox.deliveries()
     assert [d.status for d in deliveries] == ["succeeded", "succeeded"]
-    assert all(any(i["key"] == "PostImage" for i in d.context["PostEntityImages"]) for d in deliveries)
+    alias = post_image_alias(default_mapping().entities["contact"].columns())  # type: ignore[index]
+    assert all(any(i["key"] == alias for i in d.context["PostEntityImages"]) for d in deliveries)
     contact = connector.spotler.store.contact(record_id)
     assert contact is not None
     assert contact["properties"]["jobTitle"] == "Engineer"

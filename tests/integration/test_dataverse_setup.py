@@ -11,6 +11,7 @@ import pytest
 
 from sync_core.dataverse import DataverseClient, DataverseInvalidData
 from sync_core.dataverse.metadata import DataverseMetadata
+from sync_core.dataverse.webhook import post_image_alias
 from sync_core.domain.mapping import default_mapping, parse_mapping
 from sync_core.domain.reasons import REASON_OPTION_VALUES
 from sync_core.services.dataverse_setup import SetupOptions, run_setup
@@ -123,7 +124,7 @@ async def test_the_sender_honours_the_registered_steps_filtering_attributes_and_
         )
         assert "code=" + KEY in delivery.url
         images = context["PreEntityImages"] if delivery.message == "Delete" else context["PostEntityImages"]
-        image = next(i for i in images if i["key"] in ("PreImage", "PostImage"))
+        image = next(i for i in images if i["key"] in ("PreImage", post_image_alias(columns)))
         assert {a["key"] for a in image["value"]["Attributes"]} <= columns
         assert "emailaddress1" in {a["key"] for a in image["value"]["Attributes"]}
     assert [d.context["PreEntityImages"] for d in deliveries[:2]] == [[], []]  # Create and Update: post-image only

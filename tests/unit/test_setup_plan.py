@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from sync_core.dataverse.metadata import AttributeInfo
+from sync_core.dataverse.webhook import post_image_alias
 from sync_core.domain.mapping import default_mapping
 from sync_core.domain.reasons import REASON_OPTION_VALUES, ReasonCode
 from sync_core.domain.records import SpotlerProperty
@@ -34,7 +35,7 @@ def test_update_steps_watch_the_mapped_columns_but_never_the_status_columns_or_m
             assert step.filtering_attributes == ()
         mapping = default_mapping().entities[step.entity]  # type: ignore[index]
         assert set(step.image.attributes) == set(mapping.columns())
-        assert step.image.alias == ("PreImage" if step.message == "Delete" else "PostImage")
+        assert step.image.alias == ("PreImage" if step.message == "Delete" else post_image_alias(mapping.columns()))
 
 
 def test_every_reason_code_has_labels_and_an_option_in_the_choice_column() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery
+from sync_core.dataverse.webhook import UnsupportedMessage, WebhookPayloadError, parse_delivery, post_image_alias
 from sync_core.domain.records import ChangeKind, EventSource
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "webhooks"
@@ -307,3 +307,68 @@ def test_invalid_dates_are_rejected(value: str) -> None:
 
     with pytest.raises(WebhookPayloadError, match="OperationCreatedOn"):
         parse_delivery(json.dumps(document).encode(), {})
+
+
+IMAGE_COLUMNS = ("contactid", "emailaddress1", "firstname", "jobtitle", "lastname", "statecode")
+
+
+def with_post_image(alias: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """The update delivery with a post-image under `alias` that, like Dataverse's, leaves its null columns out."""
+    context = json.loads(load("update_with_preimage.json"))
+    image = {
+        "Attributes": [
+            {"key": "firstname", "value": "James"},
+            {"key": "emailaddress1", "value": "jim@example.com"},
+            {"key": "contactid", "value": CONTACT_ID},
+            {
+                "key": "statecode",
+                "value": {"__type": "OptionSetValue:http://schemas.microsoft.com/xrm/2011/Contracts", "Value": 0},
+            },
+        ],
+        "EntityState": None,
+        "FormattedValues": [],
+        "Id": CONTACT_ID,
+        "KeyAttributes": [],
+        "LogicalName": "contact",
+        "RelatedEntities": [],
+        "RowVersion": "812345",
+    }
+    context["PostEntityImages"].append({"key": alias, "value": image})
+    body = json.dumps(context).encode()
+    return parse_delivery(body, headers if headers is not None else HEADERS, image_columns=lambda _: IMAGE_COLUMNS)
+
+
+def test_a_post_image_registered_with_the_mapped_columns_holds_the_ones_it_leaves_out_as_null() -> None:
+    event = with_post_image(post_image_alias(IMAGE_COLUMNS))
+    assert event.complete
+    assert event.attributes["firstname"] == "James"
+    assert event.attributes["statecode"] == 0
+    assert "jobtitle" in event.attributes
+    assert "lastname" in event.attributes
+    assert event.attributes["jobtitle"] is None
+    assert event.attributes["lastname"] is None
+    assert event.version == 812345
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["PostImage", post_image_alias((*IMAGE_COLUMNS, "address1_city")), post_image_alias(IMAGE_COLUMNS[1:])],
+    ids=["setup-before-aliases", "registered-with-more-columns", "registered-with-fewer-columns"],
+)
+def test_a_post_image_registered_with_other_columns_leaves_the_missing_ones_unknown(alias: str) -> None:
+    event = with_post_image(alias)
+    assert "jobtitle" not in event.attributes
+    assert "lastname" not in event.attributes
+    assert event.attributes["firstname"] == "James"
+
+
+def test_a_delivery_whose_size_was_exceeded_is_never_taken_for_complete() -> None:
+    event = with_post_image(post_image_alias(IMAGE_COLUMNS), {**HEADERS, "x-ms-dynamics-msg-size-exceeded": "1"})
+    assert not event.complete
+    assert "jobtitle" not in event.attributes
+
+
+def test_the_alias_names_the_column_set_whatever_its_order_or_case() -> None:
+    assert post_image_alias(["b", "A"]) == post_image_alias(("a", "B", "a"))
+    assert post_image_alias(["a"]) != post_image_alias(["a", "b"])
+    assert post_image_alias(["a"]).startswith("PostImage")
