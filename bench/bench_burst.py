@@ -44,6 +44,8 @@ from sync_core.domain.records import ENTITY_NAMES
 from sync_core.services.runtime import get_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
+WEBHOOK_WORKERS = 8
+"""Webhook deliveries the Dataverse sandbox sends at a time (its default of one sends a burst one by one)."""
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -112,9 +114,10 @@ async def sandbox_processes(connection_string: str, name: str) -> AsyncIterator[
     sp_port, dv_port = free_port(), free_port()
     commands = [
         [sys.executable, "-m", "sandboxes.spotler", "--port", str(sp_port), "--consumer-key", KEY],
-        [sys.executable, "-m", "sandboxes.dataverse", "--port", str(dv_port), "--token", TOKEN],
+        [sys.executable, "-m", "sandboxes.dataverse", "--port", str(dv_port), "--token", TOKEN, "--webhook-workers"],
     ]
     commands[0] += ["--consumer-secret", SECRET]
+    commands[1] += [str(WEBHOOK_WORKERS)]
     processes = [_spawn(command) for command in commands]
     spotler_url, dataverse_url = f"http://127.0.0.1:{sp_port}", f"http://127.0.0.1:{dv_port}"
     try:

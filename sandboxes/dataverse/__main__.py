@@ -20,9 +20,12 @@ def main() -> None:
         default="",
         help='custom columns as JSON, e.g. {"contact": {"sync_spotlerstatus": "string", "sync_newsletter": "bool"}}',
     )
+    parser.add_argument(
+        "--webhook-workers", type=int, default=1, help="asynchronous webhook deliveries sent at a time (default 1)"
+    )
     args = parser.parse_args()
     custom = json.loads(args.columns) if args.columns else None
-    sandbox = DataverseSandbox(token=args.token, custom_columns=custom)
+    sandbox = DataverseSandbox(token=args.token, custom_columns=custom, webhook_workers=args.webhook_workers)
     print(f"Dataverse sandbox on http://{args.host}:{args.port}/api/data/v9.2 (control API under /_sandbox)")
     uvicorn.run(create_app(sandbox), host=args.host, port=args.port, log_level="info")
 

@@ -91,12 +91,13 @@ class DataverseSandbox:
         app_user_id: str = APP_USER_ID,
         custom_columns: Mapping[str, Mapping[str, str]] | None = None,
         sender_options: SenderOptions | None = None,
+        webhook_workers: int = 1,
     ) -> None:
         self.token = token
         self.app_user_id = app_user_id
         self.human_user_id = HUMAN_USER_ID
         self.store = DataverseStore(custom_columns=custom_columns)
-        self.sender = WebhookSender(self.store, options=sender_options)
+        self.sender = WebhookSender(self.store, options=sender_options, workers=webhook_workers)
         self.metadata = MetadataRegistry(self.store, self.sender)
         self.limits = Limits()
         self.faults: list[Fault] = []

@@ -124,7 +124,9 @@ class Delivery:
 class WebhookSender:
     """Listens to the store and posts RemoteExecutionContext JSON to the registered endpoints."""
 
-    def __init__(self, store: DataverseStore, *, options: SenderOptions | None = None) -> None:
+    def __init__(self, store: DataverseStore, *, options: SenderOptions | None = None, workers: int = 1) -> None:
+        """`workers`: async deliveries sent at a time (Dataverse's async service runs several jobs at once; one keeps
+        the deliveries of a test in the order of the changes unless it holds them back)."""
         self.store = store
         self.options = options or SenderOptions()
         self.registrations: dict[str, WebhookRegistration] = {}
@@ -132,7 +134,7 @@ class WebhookSender:
         self._held: list[Delivery] = []
         self._pending = 0
         self._cond = threading.Condition()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataverse-webhooks")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dataverse-webhooks")
         self._http = httpx.Client()
         store.listeners.append(self)
 
