@@ -306,6 +306,7 @@ class PushService:
     ) -> PushOutcome:
         """Plan and carry out the change. With `known` (the linked contact, read without the address lease), a
         plan that is more than an update of that contact raises _NeedsAddressLease before anything is written."""
+        stored = link  # as read: `link` may be pointed at another contact below, the stored one is not
         email_match: SpotlerContact | None = None
         spotler: SpotlerContact | None
         if known is not None:
@@ -384,7 +385,7 @@ class PushService:
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
         writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
         plan = await self._write_spotler(plan, event, mapping, address, leased=known is None)
-        await self._remember(plan, event, now, status_columns=writable, previous=link)
+        await self._remember(plan, event, now, status_columns=writable, previous=stored)
         # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
         left = plan.action is PushAction.NONE and (plan.link is None or not plan.link.in_scope)
         others = live_peers(peers, event.entity, event.record_id) if left else []

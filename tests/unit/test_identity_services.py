@@ -250,3 +250,20 @@ async def test_merge_of_a_row_never_linked_hands_its_contact_over_with_nothing_a
     master = await world.state.get_link("contact", C2)
     assert master is not None
     assert (master.external_id, master.email_hash, master.base) == (C1, None, {})
+
+
+async def test_a_link_that_follows_a_merged_contact_is_saved_even_when_nothing_else_changed() -> None:
+    world = World()
+    await send(world, C1, ChangeKind.CREATE, 1)
+    await send(world, C1, ChangeKind.UPDATE, 2)  # "already in sync": the status the next save repeats
+    created = world.spotler.contact(C1)
+    assert created is not None
+    # Spotler merged the record's contact into another one that holds the same address and values.
+    world.spotler.remove(C1)
+    world.spotler.seed(dataclasses.replace(created, external_id="sp-merged"))
+
+    outcome = await send(world, C1, ChangeKind.UPDATE, 3)
+    assert (outcome.action, outcome.external_id) == ("none", "sp-merged")
+    link = await world.state.get_link("contact", C1)
+    assert link is not None
+    assert link.external_id == "sp-merged"
