@@ -6,10 +6,11 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableServiceClient
 
 from sync_core.domain.ports import ConcurrencyConflict, RecordClaim, StateStore
@@ -587,6 +588,52 @@ async def test_tables_are_created_on_first_use(azurite: AzuriteInstance, storage
         f"{storage_prefix}{suffix}"
         for suffix in ("links", "index", "watermarks", "status", "deadletters", "suppressions", "deliveries")
     }
+
+
+async def test_a_record_claimed_again_by_the_process_that_gave_it_back_costs_one_write_each_way(
+    azurite: AzuriteInstance,  # noqa: F811
+    storage_prefix: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[str] = []
+    original = AioHttpTransport.send
+
+    async def counted(transport: AioHttpTransport, request: Any, **kwargs: Any) -> Any:
+        sent.append(request.method)
+        return await original(transport, request, **kwargs)
+
+    monkeypatch.setattr(AioHttpTransport, "send", counted)
+    ttl = timedelta(minutes=1)
+    name = "record/contact/r1"
+    async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
+        await s.ensure_ready()
+        sent.clear()
+        first = await s.claim_record(name, "k1", owner="m1", now=T0, ttl=ttl)
+        assert first is not None
+        assert first.token is not None
+        await s.free_record(name, first.token, done=("k1",), version=1)
+        assert len(sent) == 2  # a new row: one insert, one merge
+        sent.clear()
+        again = await s.claim_record(name, "k2", owner="m2", now=T0, ttl=ttl, existing=True)
+        assert again is not None
+        assert again.token is not None
+        assert (again.done, again.version) == (("k1",), 1)
+        await s.free_record(name, again.token, done=(*again.done, "k2"), version=2)
+        assert len(sent) == 2  # remembered as last written: one merge each way, no read
+        sent.clear()
+        duplicate = await s.claim_record(name, "k1", owner="m3", now=T0, ttl=ttl, existing=True)
+        assert duplicate is not None
+        assert duplicate.duplicate
+        assert sent == []  # a completed key stays completed: told without a request
+    # Another process (a new store) does not know the row: it reads it first, then takes it.
+    async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
+        await s.ensure_ready()
+        sent.clear()
+        other = await s.claim_record(name, "k3", owner="m4", now=T0, ttl=ttl, existing=True)
+        assert other is not None
+        assert other.token is not None
+        assert (other.done, other.version) == (("k1", "k2"), 2)
+        assert sent == ["GET", "PATCH"]
 
 
 async def test_ensure_ready_on_an_existing_set_of_tables(azurite: AzuriteInstance, storage_prefix: str) -> None:  # noqa: F811
