@@ -636,6 +636,35 @@ async def test_a_record_claimed_again_by_the_process_that_gave_it_back_costs_one
         assert sent == ["GET", "PATCH"]
 
 
+async def test_a_status_partition_is_listed_only_when_it_may_hold_more_than_it_keeps(
+    azurite: AzuriteInstance,  # noqa: F811
+    storage_prefix: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[str] = []
+    original = AioHttpTransport.send
+
+    async def counted(transport: AioHttpTransport, request: Any, **kwargs: Any) -> Any:
+        sent.append(request.method)
+        return await original(transport, request, **kwargs)
+
+    monkeypatch.setattr(AioHttpTransport, "send", counted)
+    record = status(0).record_id
+    async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
+        await s.ensure_ready()
+        sent.clear()
+        await s.append_status(status(0), keep=3)
+        assert sent == ["POST", "GET"]  # a partition this process has not listed yet
+        for n in (1, 2):
+            sent.clear()
+            await s.append_status(status(n), keep=3)
+            assert sent == ["POST"]  # it holds at most three: no listing
+        sent.clear()
+        await s.append_status(status(3), keep=3)
+        assert sent == ["POST", "GET", "DELETE"]  # a fourth: listed and trimmed
+        assert await s.list_status("contact", record) == [status(3), status(2), status(1)]
+
+
 async def test_ensure_ready_on_an_existing_set_of_tables(azurite: AzuriteInstance, storage_prefix: str) -> None:  # noqa: F811
     async with TableStateStore.from_connection_string(azurite.connection_string, prefix=storage_prefix) as s:
         await s.ensure_ready()
