@@ -76,6 +76,7 @@ class PushInput:
     peers: Sequence[LinkState] = ()
     merged_into: str | None = None
     master_attributes: Mapping[str, AttrValue] | None = None
+    moved: bool = False  # the record's new address moved it onto the existing contact `spotler`
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,13 @@ def _skip(
     return PushPlan(
         PushAction.NONE, reason, detail, external_id=current.external_id if current else None, link=new_link
     )
+
+
+def _joins_existing_contact(inp: PushInput) -> bool:
+    """Does this change link the record to a Spotler contact it did not speak for before?"""
+    if inp.moved:
+        return True
+    return inp.link is None and inp.spotler is None and inp.email_match is not None
 
 
 def _is_stale(inp: PushInput) -> bool:
@@ -524,18 +532,27 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     elif link is not None and link.anonymized and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED):
         return _skip(ReasonCode.SUPPRESSED, "anonymized; needs a new opt-in in Dynamics", inp)
 
+    # Joining a contact that already exists (paired by e-mail, or moved onto it by a new address): the bits the
+    # contact has off are the person's own choice in Spotler; a record that joins turns none on without a new,
+    # explicit opt-in.
+    joining = _joins_existing_contact(inp)
     owner = _owner_peer(inp)
     if owner is not None:
         # Linked but silent: the row follows the shared contact (pulls update it) without writing its values.
         detail = f"shares its Spotler contact with {owner.entity} {owner.record_id}, which takes precedence"
         follower = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
-        follower = dataclasses.replace(_advance(follower, inp), email_hash=email_h, anonymized=False)
+        follower = dataclasses.replace(
+            _advance(follower, inp),
+            email_hash=email_h,
+            anonymized=False,
+            unsubscribed=follower.unsubscribed or joining,
+        )
         return _skip(ReasonCode.SYNCED, detail, inp, link=follower, in_scope=True)
 
-    # Unsubscribed when it left the sync: back in scope, its data flows again but no bit is turned on without
-    # a new, explicit opt-in.
-    hold = (
-        link is not None and link.unsubscribed and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED)
+    # Unsubscribed when it left the sync (or joined an existing contact): its data flows, but no bit is turned on
+    # without a new, explicit opt-in.
+    hold = ((link is not None and link.unsubscribed) or joining) and not explicit_opt_in(
+        inp, mapping, attrs, SuppressionCause.ANONYMIZED
     )
 
     recreate = current is None or (link is not None and link.anonymized)

@@ -320,6 +320,7 @@ class PushService:
                 peers=peers,
                 merged_into=event.merged_into,
                 master_attributes=master,
+                moved=moved_from is not None,
             ),
             mapping,
             self._options,
