@@ -343,7 +343,11 @@ class PushService:
         plan = await self._write_spotler(plan, event, mapping, address)
         await self._remember(plan, event, now, status_columns=writable, previous=link)
         # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
-        left = plan.action is PushAction.NONE and (plan.link is None or not plan.link.in_scope)
+        # A delete or a merge that keeps the contact for others leaves its link anonymized (not speaking) too.
+        stopped = plan.link is None or not plan.link.in_scope or plan.link.anonymized
+        left = plan.action in (PushAction.NONE, PushAction.RELINK) and stopped
+        if left and plan.action is PushAction.RELINK and plan.external_id is not None:
+            peers = await self._peers(event.entity, event.record_id, plan.external_id)  # the master just joined
         others = live_peers(peers, event.entity, event.record_id) if left else []
         successor = min(others, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)) if others else None
         return PushOutcome(

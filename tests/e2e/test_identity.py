@@ -189,3 +189,23 @@ async def test_when_the_record_that_speaks_for_a_shared_contact_leaves_the_next_
     assert shared["anonymized"] is False
     assert shared["properties"]["jobTitle"] == "Inkoper"  # the lead speaks for the person now
     assert "speaks for the person now" in (await status(connector, "lead", lead_id))["detail"]
+
+
+async def test_when_the_record_that_speaks_for_a_shared_contact_is_deleted_the_next_one_s_values_reach_spotler(
+    connector: Connector,
+) -> None:
+    # A delete keeps the contact for the live lead, so the lead must speak for the person at once.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", {**CONTACT, "jobtitle": "Directeur"})
+    await connector.deliver()
+    lead_id = dv.create("lead", {**LEAD, "jobtitle": "Inkoper"})
+    await connector.deliver()
+    assert (await linked_contact(connector, "lead", lead_id))["properties"]["jobTitle"] == "Directeur"
+
+    dv.delete("contact", contact_id)
+    await connector.deliver()
+
+    shared = await linked_contact(connector, "lead", lead_id)
+    assert shared["anonymized"] is False
+    assert shared["properties"]["jobTitle"] == "Inkoper"
+    assert "speaks for the person now" in (await status(connector, "lead", lead_id))["detail"]
