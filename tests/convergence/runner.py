@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sync_core.domain.mapping import default_mapping_text
-from tests.convergence.invariants import Violation, check, dataverse_writes, spotler_writes
+from tests.convergence.invariants import Violation, check, dataverse_writes, explain, spotler_writes
 from tests.convergence.operations import EXCLUDED_JOB_TITLE, Op
 from tests.convergence.world import SPOTLER_TIMEOUT, World, norm
 from tests.e2e.conftest import ConnectorFactory
@@ -89,7 +89,8 @@ class Arena:
             quiet = (spotler_writes(world) - sp_before, dataverse_writes(world) - dv_before)
             violations = await check(world, quiet_writes=quiet)
             dead = len(await world.dead_letters())
-        return RunResult(violations, world, time.monotonic() - started, sp_before, dv_before, dead, calls)
+            notes = [line for v in violations[:4] for line in [str(v), *await explain(world, v)]]
+        return RunResult(violations, world, time.monotonic() - started, sp_before, dv_before, dead, calls, notes)
 
 
 def related_slots(ops: Sequence[Op], world: World, slots: Sequence[int]) -> set[int]:

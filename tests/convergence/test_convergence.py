@@ -82,6 +82,9 @@ async def test_a_random_world_with_faults_converges_and_keeps_every_promise(
             print(f"convergence seed {seed}: {len(result.violations)} violations, first: {first}")
             for violation in result.violations[1:10]:
                 print(f"  also: {violation}")
+            print("  end state of the records involved:")
+            for line in result.notes:
+                print(f"  {line}")
         if open_only:
             open_findings.append(f"seed {seed}: {first}")
             continue  # reported; shrink it by hand with CONVERGENCE_STRICT=1
