@@ -219,7 +219,8 @@ def _permissions(
         elif p.dataverse:
             acc.changes[p.dataverse] = sp_on
         acc.base[p.key] = sp_h
-    tomb_hash = link.email_hash or person_hash
+    # The person who opted out is the contact's address (the row may have moved onto the contact just now).
+    tomb_hash = (email_hash(key, contact.email) if contact.email else None) or link.email_hash or person_hash
     if contact.opted_out and tomb_hash:
         return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
     return None

@@ -133,6 +133,22 @@ def _skip(
     )
 
 
+def _opt_out_tombstone(inp: PushInput, contact: SpotlerContact, options: PushOptions) -> Suppression | None:
+    """The tombstone of a person who opted out in Spotler, unless the one they have already says so.
+
+    Left by the push as well as the pull, so that a record deactivated, deleted or moved before the next pull
+    still finds the opt-out (a reactivation is no opt-in for it).
+    """
+    address = normalize_email(contact.email)
+    if address is None:
+        return None
+    tomb_hash = email_hash(options.hash_key, address)
+    known = inp.suppression
+    if known is not None and known.email_hash == tomb_hash and known.cause is SuppressionCause.OPTED_OUT:
+        return None
+    return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now)
+
+
 def _joins_existing_contact(inp: PushInput) -> bool:
     """Does this change link the record to a Spotler contact it did not speak for before?"""
     if inp.moved:
@@ -509,7 +525,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
 
     current = inp.spotler if inp.spotler is not None else inp.email_match
     if current is not None and current.opted_out:
-        return _skip(ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler; nothing is written", inp)
+        plan = _skip(ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler; nothing is written", inp)
+        return dataclasses.replace(plan, suppress=_opt_out_tombstone(inp, current, options))
     if (
         link is not None
         and not link.anonymized

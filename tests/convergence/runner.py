@@ -89,7 +89,8 @@ class Arena:
             quiet = (spotler_writes(world) - sp_before, dataverse_writes(world) - dv_before)
             violations = await check(world, quiet_writes=quiet)
             dead = len(await world.dead_letters())
-            notes = [line for v in violations[:4] for line in [str(v), *await explain(world, v)]]
+            distinct = list({v.slots: v for v in violations}.values())[:4]
+            notes = [line for v in distinct for line in [str(v), *await explain(world, v)]]
         return RunResult(violations, world, time.monotonic() - started, sp_before, dv_before, dead, calls, notes)
 
 

@@ -3,7 +3,9 @@
 CI runs one seed at the size below; `scripts/convergence` runs the larger size by hand (bench/README.md).
 Environment: CONVERGENCE_SEED or CONVERGENCE_SEEDS (comma-separated), CONVERGENCE_RECORDS,
 CONVERGENCE_OPERATIONS, CONVERGENCE_FAULTS (0/1), CONVERGENCE_DROPS (0/1: lose webhooks; the reconciliation run
-repairs them), CONVERGENCE_REPLAY (operation numbers of a printed reproduction), CONVERGENCE_SHRINK_SECONDS.
+repairs them), CONVERGENCE_REPLAY (operation numbers of a printed reproduction), CONVERGENCE_SHRINK (0: report
+without shrinking), CONVERGENCE_SHRINK_INVARIANT (shrink the first violation of this invariant),
+CONVERGENCE_SHRINK_SECONDS. Every invariant fails the run.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ from tests.fixtures.dataverse import DataverseSandboxHandle
 from tests.fixtures.spotler import SpotlerSandbox
 
 DEFAULT_SEED = 20261201
-# Invariants the run still breaks on some seeds, through open rule gaps (see bench/README.md, "Convergence").
-# The default run reports them (xfail, with the reproduction); CONVERGENCE_STRICT=1 fails on them like the rest.
-OPEN_INVARIANTS = frozenset({"pair-agrees", "one-contact-per-address", "consent-no-comeback"})
 # Sized to finish in under five minutes on two shared cores: 500 / 3,000 took eleven minutes and
 # 250 / 1,500 four and a half (bench/README.md).
 CI_RECORDS = 200
@@ -56,7 +55,6 @@ async def test_a_random_world_with_faults_converges_and_keeps_every_promise(
     arena = Arena(
         connector_factory, dataverse_sandbox, spotler_sandbox, world_mapping(tmp_path), reconcile=reconcile_step()
     )
-    open_findings: list[str] = []
     for seed in _seeds():
         plan = generate(seed, records=records, operations=operations, drops=drops)
         ops = plan.ops
@@ -73,8 +71,6 @@ async def test_a_random_world_with_faults_converges_and_keeps_every_promise(
             print("convergence " + json.dumps(summary(result, seed=seed, operations=operations, records=records)))
         if not result.violations:
             continue
-        strict = os.environ.get("CONVERGENCE_STRICT") == "1"
-        open_only = not strict and all(v.invariant in OPEN_INVARIANTS for v in result.violations)
         pick = os.environ.get("CONVERGENCE_SHRINK_INVARIANT")
         chosen = [v for v in result.violations if v.invariant == pick] if pick else []
         first = (chosen or result.violations)[0]
@@ -85,9 +81,6 @@ async def test_a_random_world_with_faults_converges_and_keeps_every_promise(
             print("  end state of the records involved:")
             for line in result.notes:
                 print(f"  {line}")
-        if open_only:
-            open_findings.append(f"seed {seed}: {first}")
-            continue  # reported; shrink it by hand with CONVERGENCE_STRICT=1
         if os.environ.get("CONVERGENCE_SHRINK", "1") == "0":
             pytest.fail(f"convergence seed {seed}: {first}", pytrace=False)
         shrunk = await shrink(
@@ -100,5 +93,3 @@ async def test_a_random_world_with_faults_converges_and_keeps_every_promise(
             budget_seconds=float(os.environ.get("CONVERGENCE_SHRINK_SECONDS", "150")),
         )
         pytest.fail(reproduction(seed, shrunk), pytrace=False)
-    if open_findings:
-        pytest.xfail("open convergence findings: " + "; ".join(open_findings))

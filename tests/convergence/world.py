@@ -53,6 +53,20 @@ class Ledger:
             if suppress:
                 self.suppressed.add(address)
 
+    def moved(self, old: str | None, new: str | None, *, stays: list[int], fresh: bool) -> None:
+        """A record's address changed from `old` to `new`.
+
+        An unsubscribe that is no tombstone (a permission turned off in Spotler, Do Not Bulk Email) lives on the
+        Spotler contact, and the contact follows its last record to a fresh address: so does the ledger's entry.
+        An address that no live record holds any more carries no such unsubscribe. Tombstones stay with the
+        address whatever moves.
+        """
+        if not old or old not in self.blocked or old in self.suppressed or stays:
+            return
+        why = self.blocked.pop(old)
+        if fresh and new:
+            self.blocked[new] = why
+
     def opt_in(self, address: str | None, why: str) -> None:
         if address:
             self.blocked.pop(address, None)
@@ -232,12 +246,15 @@ class World:
         return self._edit(op.slot, {column: op.value})
 
     async def _set_email(self, slot: int, address: str) -> bool:
-        if not self.live(slot) or self.address(slot) == norm(address):
+        old, new = self.address(slot), norm(address)
+        if not self.live(slot) or old == new:
             return False
-        if self._edit(slot, {"emailaddress1": address}):
-            self.emails[slot].append(address)
-            return True
-        return False
+        fresh = new is not None and not self.holders(new)
+        if not self._edit(slot, {"emailaddress1": address}):
+            return False
+        self.emails[slot].append(address)
+        self.ledger.moved(old, new, stays=[s for s in self.holders(old) if self.consenting(s)], fresh=fresh)
+        return True
 
     async def _op_email_fresh(self, op: Op) -> bool:
         return await self._set_email(op.slot, op.value)

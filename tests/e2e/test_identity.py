@@ -209,3 +209,29 @@ async def test_when_the_record_that_speaks_for_a_shared_contact_is_deleted_the_n
     assert shared["anonymized"] is False
     assert shared["properties"]["jobTitle"] == "Inkoper"
     assert "speaks for the person now" in (await status(connector, "lead", lead_id))["detail"]
+
+
+async def test_two_records_reactivated_together_on_their_anonymized_contacts_end_on_one_contact(
+    connector: Connector,
+) -> None:
+    # Each record was anonymized on a contact of its own (the second came after the first was anonymized);
+    # reactivated at the same moment, both would bring their own contact back with the one address.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", CONTACT)
+    await connector.deliver()
+    dv.deactivate("contact", contact_id)
+    await connector.deliver()
+    lead_id = dv.create("lead", LEAD)
+    await connector.deliver()
+    dv.deactivate("lead", lead_id)
+    await connector.deliver()
+    assert holders(connector, ADDRESS) == []
+
+    dv.activate("contact", contact_id)
+    dv.activate("lead", lead_id)
+    await connector.deliver()
+
+    assert len(holders(connector, ADDRESS)) == 1
+    assert (await linked_contact(connector, "contact", contact_id))["externalId"] == (
+        await linked_contact(connector, "lead", lead_id)
+    )["externalId"]
