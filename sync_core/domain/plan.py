@@ -149,6 +149,46 @@ def _opt_out_tombstone(inp: PushInput, contact: SpotlerContact, options: PushOpt
     return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now)
 
 
+def _left_from_elsewhere(
+    inp: PushInput,
+    options: PushOptions,
+    my_hash: str | None,
+    reason: ReasonCode,
+    what: str,
+    cause: SuppressionCause,
+) -> PushPlan | None:
+    """A record leaves while its linked contact holds another address than the record's (the record that spoke
+    for the contact took it to its new address): the contact is not this person's and is left alone.
+
+    The person at the record's address has no contact then; when no other live record of that address remains,
+    the address gets its tombstone all the same, so that nobody brings the person back without an opt-in.
+    """
+    contact = inp.spotler
+    if contact is None or contact.email is None or my_hash is None or inp.link is None:
+        return None
+    held = email_hash(options.hash_key, contact.email)
+    if held in (my_hash, inp.link.email_hash):
+        return None  # the contact is this record's (its address changed with this very change): the usual rules
+    detail = f"{what}; its Spotler contact holds another address, left alone"
+    link = dataclasses.replace(
+        _advance(inp.link, inp),
+        in_scope=False,
+        anonymized=inp.kind is ChangeKind.DELETE or inp.attributes is None,
+        email_hash=my_hash,
+        reason=reason,
+        detail=detail,
+        failures=0,
+        next_retry=None,
+    )
+    plan = PushPlan(PushAction.NONE, reason, detail, external_id=inp.link.external_id, link=link)
+    if any(p.email_hash == my_hash for p in _active_peers(inp)):
+        return plan  # another live record of the address goes on; the last one leaves the tombstone
+    known = inp.suppression
+    if known is not None and known.email_hash == my_hash:
+        return plan
+    return dataclasses.replace(plan, suppress=Suppression(my_hash, cause, inp.entity, inp.record_id, inp.now))
+
+
 def _joins_existing_contact(inp: PushInput) -> bool:
     """Does this change link the record to a Spotler contact it did not speak for before?"""
     if inp.moved:
@@ -456,6 +496,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     if attrs is None or inp.kind is ChangeKind.DELETE:
         if link is None and inp.spotler is None:
             return PushPlan(PushAction.NONE, ReasonCode.SYNCED, "deleted; never synced", record_status=False)
+        elsewhere = _left_from_elsewhere(
+            inp, options, link.email_hash if link else None, ReasonCode.SYNCED, "deleted", SuppressionCause.ANONYMIZED
+        )
+        if elsewhere is not None:
+            return elsewhere
         peers = _active_peers(inp)
         if peers:
             detail = f"deleted; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
@@ -492,6 +537,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             )
 
     if wants_no_email(mapping, attrs):
+        elsewhere = _left_from_elsewhere(
+            inp, options, email_h, ReasonCode.SUPPRESSED, "Do Not Email is set", SuppressionCause.OPTED_OUT
+        )
+        if elsewhere is not None:
+            return elsewhere
         peers = _active_peers(inp)
         if peers and (inp.spotler is not None or (link is not None and not link.anonymized)):
             # The shared contact stays for another live, consenting record of the person.
@@ -507,6 +557,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         if is_qualified_lead(inp.entity, attrs) and not mapping.anonymize_closed_leads:
             return _skip(ReasonCode.INACTIVE, "qualified lead; the person lives on as a contact", inp)
         if options.anonymize_on_deactivate and (inp.spotler is not None or link is not None):
+            elsewhere = _left_from_elsewhere(
+                inp, options, email_h, ReasonCode.INACTIVE, "inactive", SuppressionCause.ANONYMIZED
+            )
+            if elsewhere is not None:
+                return elsewhere
             peers = _active_peers(inp)
             if peers:
                 return _skip(

@@ -235,3 +235,28 @@ async def test_two_records_reactivated_together_on_their_anonymized_contacts_end
     assert (await linked_contact(connector, "contact", contact_id))["externalId"] == (
         await linked_contact(connector, "lead", lead_id)
     )["externalId"]
+
+
+async def test_the_last_record_of_an_address_leaves_a_tombstone_when_its_contact_went_with_another_address(
+    connector: Connector,
+) -> None:
+    # The contact row that spoke for the shared contact took it to its new address; the lead stayed on the old
+    # one. When the lead is deactivated, the person of the old address is gone: a new record with that address
+    # is no opt-in and must not be mailed.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", CONTACT)
+    await connector.deliver()
+    lead_id = dv.create("lead", LEAD)
+    await connector.deliver()
+    dv.edit("contact", contact_id, {"emailaddress1": "kim.new@example.nl"})
+    await connector.deliver()
+    assert holders(connector, ADDRESS) == []  # the shared contact went along with the contact row
+
+    dv.deactivate("lead", lead_id)
+    await connector.deliver()
+    assert (await linked_contact(connector, "contact", contact_id))["anonymized"] is False  # left alone
+    again = dv.create("lead", {**LEAD, "subject": "Again"})
+    await connector.deliver()
+
+    assert await reason(connector, "lead", again) == "suppressed"
+    assert not [c for c in holders(connector, ADDRESS) if any(p["enabled"] for p in c["properties"]["permissions"])]
