@@ -136,7 +136,9 @@ class World:
         breaches = self.breaches
 
         def write(stored: Any, data: dict[str, Any], **kw: Any) -> Any:
-            watched = kw.get("source") == "api" and stored is not None and stored.opted_out
+            # An anonymized contact shows no opt-out (it has no address, docs/identity.md): what the connector
+            # cannot see, it cannot honour; a new opt-in in Dynamics is what brings such a person back.
+            watched = kw.get("source") == "api" and stored is not None and stored.opted_out and not stored.anonymized
             address = norm(stored.properties.get("email")) if watched else None
             try:
                 outcome = original(stored, data, **kw)
