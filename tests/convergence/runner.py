@@ -115,6 +115,7 @@ class Shrunk:
     faults: bool
     confirmed: bool  # the shortened list was run and broke the same invariant
     trials: int
+    notes: list[str] = field(default_factory=list)  # the end state of the records involved
 
 
 async def shrink(
@@ -128,14 +129,14 @@ async def shrink(
     deadline = time.monotonic() + budget_seconds
     trials = 0
 
-    async def fails(candidate: list[Op], with_faults: bool) -> tuple[Violation, World] | None:
+    async def fails(candidate: list[Op], with_faults: bool) -> tuple[Violation, World, list[str]] | None:
         nonlocal trials
         trials += 1
         result = await arena.run(candidate, seed=seed, faults=with_faults)
         same = [v for v in result.violations if v.invariant == failure.invariant]
         if failure.slots:  # prefer the same person
             same.sort(key=lambda v: not set(v.slots) & set(failure.slots))
-        return (same[0], result.world) if same else None
+        return (same[0], result.world, result.notes) if same else None
 
     best = Shrunk(ops, failure, world, faults, True, 0)
     slots = related_slots(ops, world, failure.slots) if failure.slots else set()
@@ -145,7 +146,7 @@ async def shrink(
         for with_faults in (False, True) if faults else (False,):
             hit = await fails(focused, with_faults)
             if hit is not None:
-                best = Shrunk(focused, hit[0], hit[1], with_faults, True, trials)
+                best = Shrunk(focused, hit[0], hit[1], with_faults, True, trials, hit[2])
                 break
         else:
             return Shrunk(focused, failure, world, faults, False, trials)
@@ -159,7 +160,7 @@ async def shrink(
             candidate = best.ops[:start] + best.ops[start + size :]
             hit = await fails(candidate, best.faults)
             if hit is not None:
-                best = Shrunk(candidate, hit[0], hit[1], best.faults, True, trials)
+                best = Shrunk(candidate, hit[0], hit[1], best.faults, True, trials, hit[2])
                 chunks = max(chunks - 1, 2)
                 reduced = True
                 break
@@ -185,6 +186,9 @@ def reproduction(seed: int, shrunk: Shrunk) -> str:
         record = world.records.get(op.slot)
         where = f"  [{record[0]} {record[1][:8]}]" if record else ""
         lines.append(f"    {op.describe()}{where}")
+    if shrunk.notes:
+        lines.append("  end state of the shortened run:")
+        lines.extend(f"  {line}" for line in shrunk.notes)
     seqs = ",".join(str(op.seq) for op in ops)
     lines.append(
         f"  replay: CONVERGENCE_SEED={seed} CONVERGENCE_REPLAY={seqs} CONVERGENCE_FAULTS={int(faults)} "
