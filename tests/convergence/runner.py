@@ -185,7 +185,8 @@ def reproduction(seed: int, shrunk: Shrunk) -> str:
     for op in ops:
         record = world.records.get(op.slot)
         where = f"  [{record[0]} {record[1][:8]}]" if record else ""
-        lines.append(f"    {op.describe()}{where}")
+        resolved = f" -> {world.resolved[op.seq]}" if op.seq in world.resolved else ""
+        lines.append(f"    {op.describe()}{resolved}{where}")
     if shrunk.notes:
         lines.append("  end state of the shortened run:")
         lines.extend(f"  {line}" for line in shrunk.notes)

@@ -122,6 +122,7 @@ class World:
         self._armed_spotler: list[Any] = []
         self._armed_dataverse: list[Any] = []
         self.breaches: list[Breach] = []
+        self.resolved: dict[int, str] = {}  # operation number -> the address an abstract pick resolved to
         self._watch_opted_out_writes()
 
     def _watch_opted_out_writes(self) -> None:
@@ -285,11 +286,15 @@ class World:
     async def _op_email_blocked(self, op: Op) -> bool:
         """A record takes an address whose person opted out or was anonymized: that is no opt-in."""
         address = self._blocked_address(op.value)
-        return address is not None and await self._set_email(op.slot, address)
+        if address is None:
+            return False
+        self.resolved[op.seq] = address
+        return await self._set_email(op.slot, address)
 
     async def _op_create_again(self, op: Op) -> bool:
         """A new record for a person who opted out or was anonymized (a new lead, say): that is no opt-in."""
         address = self._blocked_address(op.value) or f"again{op.seq}@example.nl"
+        self.resolved[op.seq] = address
         self._create(op.slot, op.entity, address)
         return True
 
