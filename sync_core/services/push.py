@@ -464,10 +464,20 @@ class PushService:
             await self._state.delete_suppression(plan.lift_suppression)
         if plan.link is not None:
             await self._state.save_link(plan.link)
-        if plan.record_status and not _repeats_status(plan, previous):
+        if (plan.record_status and not _repeats_status(plan, previous)) or await self._ends_a_failure(
+            plan, event, previous
+        ):
             await self._record_status(
                 event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
             )
+
+    async def _ends_a_failure(self, plan: PushPlan, event: ChangeEvent, previous: LinkState | None) -> bool:
+        """A delete of a record never linked says nothing new, unless an earlier attempt of it left a transient
+        error as the record's status: then its outcome is recorded, or that error would stand for good."""
+        if plan.record_status or previous is not None or event.kind is not ChangeKind.DELETE:
+            return False
+        history = await self._state.list_status(event.entity, event.record_id, limit=1)
+        return bool(history) and max(history, key=lambda h: h.at).reason is ReasonCode.TRANSIENT_ERROR
 
     async def _relink(self, event: ChangeEvent, plan: PushPlan, now: datetime) -> None:
         assert plan.relink_to is not None
