@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sync_core.domain.mapping import EntityMapping
 from sync_core.domain.plan import PushAction, plan_push
-from sync_core.domain.records import SpotlerContact
+from sync_core.domain.records import ChangeKind, SpotlerContact
 from sync_core.domain.state_model import LinkState
 from tests.unit.domain_builders import hashed, options, person, push_input
 
@@ -119,3 +119,31 @@ def test_a_follower_that_joined_keeps_its_bits_off_when_it_comes_to_speak() -> N
         options(),
     )
     assert speak.contact is None or speak.contact.permissions.get(1) is not True
+
+
+def test_a_record_coming_back_to_a_contact_anonymized_for_another_record_writes_all_its_values() -> None:
+    # The record's link still holds the base of its last sync; the contact was anonymized since (for the record
+    # that spoke for it). On the record's new opt-in its names must be written, not taken for Spotler's news.
+    spoke = plan_push(
+        push_input(person(emailaddress1=GRACE), changed={"jobtitle"}, spotler=opted_out_holder(), link=moved_link()),
+        CONTACT,
+        options(),
+    )
+    assert spoke.link is not None
+    assert spoke.link.base
+    wiped = SpotlerContact("c-9", {}, {1: False})
+    back = plan_push(
+        push_input(
+            person(emailaddress1=GRACE),
+            kind=ChangeKind.SET_STATE,
+            changed={"statecode"},
+            link=spoke.link,
+            spotler=wiped,
+        ),
+        CONTACT,
+        options(),
+    )
+    assert back.action is PushAction.UPDATE
+    assert back.contact is not None
+    assert back.contact.properties["firstName"] == "Ada"
+    assert back.contact.properties["lastName"] == "Lovelace"
