@@ -149,6 +149,12 @@ def _opt_out_tombstone(inp: PushInput, contact: SpotlerContact, options: PushOpt
     return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now)
 
 
+def _peers_of_address(inp: PushInput, my_hash: str | None) -> list[LinkState]:
+    """The live peers that keep the shared contact for the person of `my_hash`: a peer that moved to another
+    address (and follows the contact silently) is not that person, and keeps nothing for them."""
+    return [p for p in _active_peers(inp) if my_hash is None or p.email_hash is None or p.email_hash == my_hash]
+
+
 def _left_from_elsewhere(
     inp: PushInput,
     options: PushOptions,
@@ -501,7 +507,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         )
         if elsewhere is not None:
             return elsewhere
-        peers = _active_peers(inp)
+        peers = _peers_of_address(inp, link.email_hash if link else None)
         if peers:
             detail = f"deleted; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
             unlinked = dataclasses.replace(_advance(link, inp), anonymized=True) if link else None
@@ -542,7 +548,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         )
         if elsewhere is not None:
             return elsewhere
-        peers = _active_peers(inp)
+        peers = _peers_of_address(inp, email_h)
         if peers and (inp.spotler is not None or (link is not None and not link.anonymized)):
             # The shared contact stays for another live, consenting record of the person.
             kept = f"Do Not Email is set; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
@@ -562,7 +568,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             )
             if elsewhere is not None:
                 return elsewhere
-            peers = _active_peers(inp)
+            peers = _peers_of_address(inp, email_h)
             if peers:
                 return _skip(
                     ReasonCode.INACTIVE,

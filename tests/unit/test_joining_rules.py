@@ -147,3 +147,17 @@ def test_a_record_coming_back_to_a_contact_anonymized_for_another_record_writes_
     assert back.contact is not None
     assert back.contact.properties["firstName"] == "Ada"
     assert back.contact.properties["lastName"] == "Lovelace"
+
+
+def test_a_peer_that_moved_to_another_address_keeps_no_shared_contact_for_the_person_who_leaves() -> None:
+    # The follower changed its address and follows the contact silently; when the last record of the contact's
+    # address is deleted, the person is gone: the contact is anonymized and the address gets its tombstone.
+    mine = LinkState("contact", "c-1", "c-9", email_hash=hashed(GRACE), base={})
+    moved_on = LinkState("lead", "l-1", "c-9", email_hash=hashed("elsewhere@example.com"), base={})
+    holder = SpotlerContact("c-9", {"email": GRACE}, {1: True}, channels={"EMAIL": True})
+    plan = plan_push(
+        push_input(None, kind=ChangeKind.DELETE, link=mine, spotler=holder, peers=[moved_on]), CONTACT, options()
+    )
+    assert plan.action is PushAction.ANONYMIZE
+    assert plan.suppress is not None
+    assert plan.suppress.email_hash == hashed(GRACE)
