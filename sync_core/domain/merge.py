@@ -38,6 +38,15 @@ class PullPlan:
     status_changed: bool = False  # the record's reason code differs from what its link said
 
 
+def _holds_another_address(contact: SpotlerContact, row: DataverseRow, mapping: EntityMapping) -> bool:
+    """The row's address differs from the contact's, and the mapping does not bring Spotler's address back."""
+    if any(f.dataverse == mapping.email_attribute and f.direction.pulls for f in mapping.fields):
+        return False
+    mine = normalize_email(row.attributes.get(mapping.email_attribute))
+    theirs = normalize_email(contact.email)
+    return mine is not None and theirs is not None and mine.casefold() != theirs.casefold()
+
+
 @dataclass(slots=True)
 class _Acc:
     changes: dict[str, AttrValue] = field(default_factory=dict)
@@ -62,6 +71,11 @@ def plan_pull(
     if contact.email is None:
         # Anonymized (for a record that shared it): its bits read off, but that is not the person unsubscribing.
         why = "the Spotler contact holds no address (anonymized); nothing is pulled"
+        return PullPlan({}, link.reason or ReasonCode.SYNCED, why, link, skipped=True)
+    if not link.in_scope and _holds_another_address(contact, row, mapping):
+        # The record left the contact for another address (it waits for an opt-in there): it is not the person
+        # this contact holds any more, so nothing of theirs is written to it.
+        why = "the record's e-mail address is not the Spotler contact's; nothing is pulled"
         return PullPlan({}, link.reason or ReasonCode.SYNCED, why, link, skipped=True)
     if (
         link.spotler_last_changed is not None
@@ -205,7 +219,8 @@ def _permissions(
         elif p.dataverse:
             acc.changes[p.dataverse] = sp_on
         acc.base[p.key] = sp_h
-    tomb_hash = link.email_hash or person_hash
+    # The person who opted out is the contact's address (the row may have moved onto the contact just now).
+    tomb_hash = (email_hash(key, contact.email) if contact.email else None) or link.email_hash or person_hash
     if contact.opted_out and tomb_hash:
         return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
     return None

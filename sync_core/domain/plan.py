@@ -76,6 +76,7 @@ class PushInput:
     peers: Sequence[LinkState] = ()
     merged_into: str | None = None
     master_attributes: Mapping[str, AttrValue] | None = None
+    moved: bool = False  # the record's new address moved it onto the existing contact `spotler`
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,75 @@ def _skip(
     return PushPlan(
         PushAction.NONE, reason, detail, external_id=current.external_id if current else None, link=new_link
     )
+
+
+def _opt_out_tombstone(inp: PushInput, contact: SpotlerContact, options: PushOptions) -> Suppression | None:
+    """The tombstone of a person who opted out in Spotler, unless the one they have already says so.
+
+    Left by the push as well as the pull, so that a record deactivated, deleted or moved before the next pull
+    still finds the opt-out (a reactivation is no opt-in for it).
+    """
+    address = normalize_email(contact.email)
+    if address is None:
+        return None
+    tomb_hash = email_hash(options.hash_key, address)
+    known = inp.suppression
+    if known is not None and known.email_hash == tomb_hash and known.cause is SuppressionCause.OPTED_OUT:
+        return None
+    return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now)
+
+
+def _peers_of_address(inp: PushInput, my_hash: str | None) -> list[LinkState]:
+    """The live peers that keep the shared contact for the person of `my_hash`: a peer that moved to another
+    address (and follows the contact silently) is not that person, and keeps nothing for them."""
+    return [p for p in _active_peers(inp) if my_hash is None or p.email_hash is None or p.email_hash == my_hash]
+
+
+def _left_from_elsewhere(
+    inp: PushInput,
+    options: PushOptions,
+    my_hash: str | None,
+    reason: ReasonCode,
+    what: str,
+    cause: SuppressionCause,
+) -> PushPlan | None:
+    """A record leaves while its linked contact holds another address than the record's (the record that spoke
+    for the contact took it to its new address): the contact is not this person's and is left alone.
+
+    The person at the record's address has no contact then; when no other live record of that address remains,
+    the address gets its tombstone all the same, so that nobody brings the person back without an opt-in.
+    """
+    contact = inp.spotler
+    if contact is None or contact.email is None or my_hash is None or inp.link is None:
+        return None
+    held = email_hash(options.hash_key, contact.email)
+    if held in (my_hash, inp.link.email_hash):
+        return None  # the contact is this record's (its address changed with this very change): the usual rules
+    detail = f"{what}; its Spotler contact holds another address, left alone"
+    link = dataclasses.replace(
+        _advance(inp.link, inp),
+        in_scope=False,
+        anonymized=inp.kind is ChangeKind.DELETE or inp.attributes is None,
+        email_hash=my_hash,
+        reason=reason,
+        detail=detail,
+        failures=0,
+        next_retry=None,
+    )
+    plan = PushPlan(PushAction.NONE, reason, detail, external_id=inp.link.external_id, link=link)
+    if any(p.email_hash == my_hash for p in _active_peers(inp)):
+        return plan  # another live record of the address goes on; the last one leaves the tombstone
+    known = inp.suppression
+    if known is not None and known.email_hash == my_hash:
+        return plan
+    return dataclasses.replace(plan, suppress=Suppression(my_hash, cause, inp.entity, inp.record_id, inp.now))
+
+
+def _joins_existing_contact(inp: PushInput) -> bool:
+    """Does this change link the record to a Spotler contact it did not speak for before?"""
+    if inp.moved:
+        return True
+    return inp.link is None and inp.spotler is None and inp.email_match is not None
 
 
 def _is_stale(inp: PushInput) -> bool:
@@ -545,7 +615,12 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     if attrs is None or inp.kind is ChangeKind.DELETE:
         if link is None and inp.spotler is None:
             return PushPlan(PushAction.NONE, ReasonCode.SYNCED, "deleted; never synced", record_status=False)
-        peers = _active_peers(inp)
+        elsewhere = _left_from_elsewhere(
+            inp, options, link.email_hash if link else None, ReasonCode.SYNCED, "deleted", SuppressionCause.ANONYMIZED
+        )
+        if elsewhere is not None:
+            return elsewhere
+        peers = _peers_of_address(inp, link.email_hash if link else None)
         if peers:
             detail = f"deleted; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
             unlinked = dataclasses.replace(_advance(link, inp), anonymized=True) if link else None
@@ -581,7 +656,12 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             )
 
     if wants_no_email(mapping, attrs):
-        peers = _active_peers(inp)
+        elsewhere = _left_from_elsewhere(
+            inp, options, email_h, ReasonCode.SUPPRESSED, "Do Not Email is set", SuppressionCause.OPTED_OUT
+        )
+        if elsewhere is not None:
+            return elsewhere
+        peers = _peers_of_address(inp, email_h)
         if peers and (inp.spotler is not None or (link is not None and not link.anonymized)):
             # The shared contact stays for another live, consenting record of the person.
             kept = f"Do Not Email is set; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
@@ -596,7 +676,12 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         if is_qualified_lead(inp.entity, attrs) and not mapping.anonymize_closed_leads:
             return _skip(ReasonCode.INACTIVE, "qualified lead; the person lives on as a contact", inp)
         if options.anonymize_on_deactivate and (inp.spotler is not None or link is not None):
-            peers = _active_peers(inp)
+            elsewhere = _left_from_elsewhere(
+                inp, options, email_h, ReasonCode.INACTIVE, "inactive", SuppressionCause.ANONYMIZED
+            )
+            if elsewhere is not None:
+                return elsewhere
+            peers = _peers_of_address(inp, email_h)
             if peers:
                 return _skip(
                     ReasonCode.INACTIVE,
@@ -614,7 +699,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
 
     current = inp.spotler if inp.spotler is not None else inp.email_match
     if current is not None and current.opted_out:
-        return _skip(ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler; nothing is written", inp)
+        plan = _skip(ReasonCode.OPTED_OUT_IN_SPOTLER, "opted out in Spotler; nothing is written", inp)
+        return dataclasses.replace(plan, suppress=_opt_out_tombstone(inp, current, options))
     if (
         link is not None
         and not link.anonymized
@@ -625,6 +711,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         # The contact we linked holds no address any more: it was anonymized (for a record that shared it, or in
         # Spotler). Writing to it would bring the person back without asking.
         return _skip(ReasonCode.SUPPRESSED, "the Spotler contact was anonymized; needs a new opt-in in Dynamics", inp)
+    if link is not None and link.base and inp.spotler is not None and inp.spotler.email is None:
+        # The contact was anonymized (for another record, or in Spotler): nothing agreed on it stands, so the
+        # record's values are all written again, not taken for Spotler's news.
+        link = dataclasses.replace(link, base={})
+        inp = dataclasses.replace(inp, link=link)
 
     lift: str | None = None
     tombstone = inp.suppression
@@ -637,18 +728,27 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     elif link is not None and link.anonymized and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED):
         return _skip(ReasonCode.SUPPRESSED, "anonymized; needs a new opt-in in Dynamics", inp)
 
+    # Joining a contact that already exists (paired by e-mail, or moved onto it by a new address): the bits the
+    # contact has off are the person's own choice in Spotler; a record that joins turns none on without a new,
+    # explicit opt-in.
+    joining = _joins_existing_contact(inp)
     owner = _owner_peer(inp)
     if owner is not None:
         # Linked but silent: the row follows the shared contact (pulls update it) without writing its values.
         detail = f"shares its Spotler contact with {owner.entity} {owner.record_id}, which takes precedence"
         follower = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
-        follower = dataclasses.replace(_advance(follower, inp), email_hash=email_h, anonymized=False)
+        follower = dataclasses.replace(
+            _advance(follower, inp),
+            email_hash=email_h,
+            anonymized=False,
+            unsubscribed=follower.unsubscribed or joining,
+        )
         return _skip(ReasonCode.SYNCED, detail, inp, link=follower, in_scope=True)
 
-    # Unsubscribed when it left the sync: back in scope, its data flows again but no bit is turned on without
-    # a new, explicit opt-in.
-    hold = (
-        link is not None and link.unsubscribed and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED)
+    # Unsubscribed when it left the sync (or joined an existing contact): its data flows, but no bit is turned on
+    # without a new, explicit opt-in.
+    hold = ((link is not None and link.unsubscribed) or joining) and not explicit_opt_in(
+        inp, mapping, attrs, SuppressionCause.ANONYMIZED
     )
 
     recreate = current is None or (link is not None and link.anonymized)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, TypeVar
 
 from sync_core.domain.consent import email_hash, normalize_email
+from sync_core.domain.eligibility import is_active
 from sync_core.domain.errors import NotFoundError, SyncError
 from sync_core.domain.event_codec import event_to_dict
 from sync_core.domain.mapping import EntityMapping, MappingConfig
@@ -320,6 +321,7 @@ class PushService:
         else:
             spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
         moved_from: SpotlerContact | None = None
+        moved = False
         if link is not None and spotler is None and address is not None:
             # The linked contact is gone: Spotler merged it into the contact that holds the address. Follow it.
             holder = await self._holder(address)
@@ -327,17 +329,17 @@ class PushService:
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id), holder
         elif (
             link is not None
-            and not link.anonymized
             and spotler is not None
             and email is not None
-            and spotler.email is not None
-            and spotler.email.casefold() != email.casefold()
+            and _other_address(link, spotler, email, attrs)
         ):
-            # The record's address changed to one another contact already holds: the person is that contact now.
+            # The record's address changed to one another contact already holds, or its contact was anonymized
+            # while another contact took the address: the person is that contact now (never a second one).
             holder = await self._holder(email)
             if holder is not None and holder.external_id != link.external_id:
-                moved_from = spotler
+                moved_from = spotler if spotler.email is not None else None
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id, base={}), holder
+                moved = True
         suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
         own_id = event.record_id
         target_id = link.external_id if link is not None else (email_match.external_id if email_match else own_id)
@@ -363,6 +365,7 @@ class PushService:
                 peers=peers,
                 merged_into=event.merged_into,
                 master_attributes=master,
+                moved=moved,
             ),
             mapping,
             self._options,
@@ -387,7 +390,13 @@ class PushService:
         plan = await self._write_spotler(plan, event, mapping, address, leased=known is None)
         await self._remember(plan, event, now, status_columns=writable, previous=stored)
         # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
-        left = plan.action is PushAction.NONE and (plan.link is None or not plan.link.in_scope)
+        # A delete or a merge that keeps the contact for others leaves its link anonymized (not speaking) too.
+        stopped = (
+            plan.link is None or not plan.link.in_scope or (plan.link.anonymized and not (link and link.anonymized))
+        )
+        left = plan.action in (PushAction.NONE, PushAction.RELINK) and stopped
+        if left and plan.action is PushAction.RELINK and plan.external_id is not None:
+            peers = await self._peers(event.entity, event.record_id, plan.external_id)  # the master just joined
         others = live_peers(peers, event.entity, event.record_id) if left else []
         successor = min(others, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)) if others else None
         return PushOutcome(
@@ -511,10 +520,20 @@ class PushService:
             await self._state.delete_suppression(plan.lift_suppression)
         if plan.link is not None and not _same_link(plan.link, previous):
             await self._state.save_link(plan.link)
-        if plan.record_status and not _repeats_status(plan, previous):
+        if (plan.record_status and not _repeats_status(plan, previous)) or await self._ends_a_failure(
+            plan, event, previous
+        ):
             await self._record_status(
                 event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
             )
+
+    async def _ends_a_failure(self, plan: PushPlan, event: ChangeEvent, previous: LinkState | None) -> bool:
+        """A delete of a record never linked says nothing new, unless an earlier attempt of it left a transient
+        error as the record's status: then its outcome is recorded, or that error would stand for good."""
+        if plan.record_status or previous is not None or event.kind is not ChangeKind.DELETE:
+            return False
+        history = await self._state.list_status(event.entity, event.record_id, limit=1)
+        return bool(history) and max(history, key=lambda h: h.at).reason is ReasonCode.TRANSIENT_ERROR
 
     async def _relink(self, event: ChangeEvent, plan: PushPlan, now: datetime) -> None:
         assert plan.relink_to is not None
@@ -626,6 +645,14 @@ class PushService:
                 with contextlib.suppress(ConcurrencyConflict):
                     await self._state.save_link(dataclasses.replace(link, reason=reason, detail=detail, next_retry=due))
             await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)
+
+
+def _other_address(link: LinkState, contact: SpotlerContact, email: str, attrs: dict[str, AttrValue] | None) -> bool:
+    """Does the record's address differ from the one its linked contact holds (a live record only, for a contact
+    that holds none: an anonymized contact is looked past only by a record that may come back to life)?"""
+    if contact.email is not None:
+        return not link.anonymized and contact.email.casefold() != email.casefold()
+    return attrs is not None and is_active(attrs)
 
 
 def _newest(seen: _T | None, new: _T | None) -> _T | None:

@@ -104,6 +104,17 @@ async def check(world: World, *, quiet_writes: tuple[int, int]) -> list[Violatio
             continue
         found.extend(_pair_agrees(world, contact, slots, views))
 
+    # Consent: a contact that opted out in Spotler is not written to (the push writes nothing for it) and is never
+    # asked for a permission bit, whatever the sandbox then refuses.
+    for breach in world.breaches:
+        people = tuple(linked.get(breach.external_id, [])) or tuple(world.holders(breach.address))
+        if breach.asked_permission:
+            found.append(
+                Violation("consent-opted-out-no-permission", "a permission bit was asked for after the opt-out", people)
+            )
+        else:
+            found.append(Violation("opted-out-not-written", "an opted-out contact was written to", people))
+
     # No ping-pong: once settled, an idle pull and push write nothing.
     spotler_quiet, dataverse_quiet = quiet_writes
     if spotler_quiet or dataverse_quiet:
@@ -121,12 +132,20 @@ async def check(world: World, *, quiet_writes: tuple[int, int]) -> list[Violatio
 
 
 def _speaks(world: World, slot: int) -> bool:
+    """May the slot's record speak for a Spotler contact: live, consenting, in the sync, and its address free.
+
+    An address whose person left the sync (Do Not Email, deactivated, deleted) keeps a tombstone until a new
+    opt-in: a record that takes such an address writes nothing, so it speaks for no contact (the one it is
+    still linked to is spoken for by the next record, or by nobody).
+    """
     row = world.row(slot)
+    address = norm(row.get("emailaddress1")) if row is not None else None
     return (
         row is not None
         and row.get("statecode") == 0
         and not row.get("donotemail")
-        and norm(row.get("emailaddress1")) is not None
+        and address is not None
+        and address not in world.ledger.suppressed
         and row.get("jobtitle") != EXCLUDED_JOB_TITLE
     )
 
@@ -162,3 +181,32 @@ def _pair_agrees(
             Violation("pair-agrees", f"{entity} has Do Not Bulk Email but its contact's bit 1 is on", (speaker,))
         )
     return found
+
+
+async def explain(world: World, violation: Violation) -> list[str]:
+    """The end state of the records a violation names: the row, the link and the last outcomes (for debugging)."""
+    state = get_runtime().state
+    lines: list[str] = []
+    for slot in dict.fromkeys(violation.slots):
+        if slot not in world.records:
+            continue
+        entity, record_id = world.records[slot]
+        row = world.row(slot)
+        link = await state.get_link(entity, record_id)  # type: ignore[arg-type]
+        shown = (
+            "deleted"
+            if row is None
+            else f"email {row.get('emailaddress1')!r} state {row.get('statecode')} dne {row.get('donotemail')} "
+            f"dnbe {row.get('donotbulkemail')} job {row.get('jobtitle')!r}"
+        )
+        lines.append(f"    slot {slot} {entity} {record_id[:8]}: {shown}")
+        if link is not None:
+            contact = world.sp.contact(link.external_id)
+            held = contact["properties"].get("email") if contact else None
+            lines.append(
+                f"      link -> {link.external_id[:8]} (holds {held!r}) in_scope {link.in_scope} "
+                f"anonymized {link.anonymized} unsubscribed {link.unsubscribed}"
+            )
+        for entry in sorted(await state.list_status(entity, record_id, limit=6), key=lambda h: h.at):  # type: ignore[arg-type]
+            lines.append(f"      {entry.at:%H:%M:%S.%f} {entry.reason.value} {entry.action}: {entry.detail}")
+    return lines

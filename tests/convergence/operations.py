@@ -37,6 +37,11 @@ OPERATION_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("sp_permission_off", 3),
     ("sp_permission_on", 2),
     ("sp_opt_out", 3),
+    # Aimed at the consent and identity rules: two records given one fresh address at the same moment (their
+    # pushes race on one address), an address that lost its consent given to another or a new record.
+    ("email_converge", 2),
+    ("email_blocked", 2),
+    ("create_again", 2),
 )
 
 EXCLUDED_JOB_TITLE = "Stagiair"  # the mapping filter in this world: interns are not mailed
@@ -119,12 +124,22 @@ def generate(seed: int, *, records: int, operations: int, drops: bool) -> WorldP
             add(kind, slot=slot, other=rng.randrange(slots))
         elif kind == "email_fresh":
             add(kind, slot=slot, value=f"fresh{step}@example.org")
+        elif kind == "email_converge":
+            add(kind, slot=slot, other=rng.randrange(slots), value=f"joint{step}@example.org")
+        elif kind == "email_blocked":
+            add(kind, slot=slot, value=str(rng.randrange(1_000_000)))
+        elif kind == "create_again":
+            add(kind, slot=slots, entity=_entity(rng), value=str(rng.randrange(1_000_000)))
+            slots += 1
         elif kind == "edit":
             add(kind, slot=slot, value=rng.choice(JOB_TITLES))
         elif kind == "sp_edit":
             add(kind, slot=slot, value=rng.choice(FIRST_NAMES))
         else:
             add(kind, slot=slot)
+        if kind == "sp_opt_out" and rng.random() < 0.6:
+            # The person opts out in Spotler and is edited in Dynamics soon after: the push must write nothing.
+            add("edit", slot=slot, value=rng.choice(JOB_TITLES))
         if step == crash_at:
             add("net_crash_after_spotler_write")
         roll = rng.random()

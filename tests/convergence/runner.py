@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sync_core.domain.mapping import default_mapping_text
-from tests.convergence.invariants import Violation, check, dataverse_writes, spotler_writes
+from tests.convergence.invariants import Violation, check, dataverse_writes, explain, spotler_writes
 from tests.convergence.operations import EXCLUDED_JOB_TITLE, Op
 from tests.convergence.world import SPOTLER_TIMEOUT, World, norm
 from tests.e2e.conftest import ConnectorFactory
@@ -89,7 +89,9 @@ class Arena:
             quiet = (spotler_writes(world) - sp_before, dataverse_writes(world) - dv_before)
             violations = await check(world, quiet_writes=quiet)
             dead = len(await world.dead_letters())
-        return RunResult(violations, world, time.monotonic() - started, sp_before, dv_before, dead, calls)
+            distinct = list({v.slots: v for v in violations}.values())[:4]
+            notes = [line for v in distinct for line in [str(v), *await explain(world, v)]]
+        return RunResult(violations, world, time.monotonic() - started, sp_before, dv_before, dead, calls, notes)
 
 
 def related_slots(ops: Sequence[Op], world: World, slots: Sequence[int]) -> set[int]:
@@ -113,6 +115,7 @@ class Shrunk:
     faults: bool
     confirmed: bool  # the shortened list was run and broke the same invariant
     trials: int
+    notes: list[str] = field(default_factory=list)  # the end state of the records involved
 
 
 async def shrink(
@@ -126,14 +129,14 @@ async def shrink(
     deadline = time.monotonic() + budget_seconds
     trials = 0
 
-    async def fails(candidate: list[Op], with_faults: bool) -> tuple[Violation, World] | None:
+    async def fails(candidate: list[Op], with_faults: bool) -> tuple[Violation, World, list[str]] | None:
         nonlocal trials
         trials += 1
         result = await arena.run(candidate, seed=seed, faults=with_faults)
         same = [v for v in result.violations if v.invariant == failure.invariant]
         if failure.slots:  # prefer the same person
             same.sort(key=lambda v: not set(v.slots) & set(failure.slots))
-        return (same[0], result.world) if same else None
+        return (same[0], result.world, result.notes) if same else None
 
     best = Shrunk(ops, failure, world, faults, True, 0)
     slots = related_slots(ops, world, failure.slots) if failure.slots else set()
@@ -143,7 +146,7 @@ async def shrink(
         for with_faults in (False, True) if faults else (False,):
             hit = await fails(focused, with_faults)
             if hit is not None:
-                best = Shrunk(focused, hit[0], hit[1], with_faults, True, trials)
+                best = Shrunk(focused, hit[0], hit[1], with_faults, True, trials, hit[2])
                 break
         else:
             return Shrunk(focused, failure, world, faults, False, trials)
@@ -157,7 +160,7 @@ async def shrink(
             candidate = best.ops[:start] + best.ops[start + size :]
             hit = await fails(candidate, best.faults)
             if hit is not None:
-                best = Shrunk(candidate, hit[0], hit[1], best.faults, True, trials)
+                best = Shrunk(candidate, hit[0], hit[1], best.faults, True, trials, hit[2])
                 chunks = max(chunks - 1, 2)
                 reduced = True
                 break
@@ -182,7 +185,11 @@ def reproduction(seed: int, shrunk: Shrunk) -> str:
     for op in ops:
         record = world.records.get(op.slot)
         where = f"  [{record[0]} {record[1][:8]}]" if record else ""
-        lines.append(f"    {op.describe()}{where}")
+        resolved = f" -> {world.resolved[op.seq]}" if op.seq in world.resolved else ""
+        lines.append(f"    {op.describe()}{resolved}{where}")
+    if shrunk.notes:
+        lines.append("  end state of the shortened run:")
+        lines.extend(f"  {line}" for line in shrunk.notes)
     seqs = ",".join(str(op.seq) for op in ops)
     lines.append(
         f"  replay: CONVERGENCE_SEED={seed} CONVERGENCE_REPLAY={seqs} CONVERGENCE_FAULTS={int(faults)} "

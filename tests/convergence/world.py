@@ -21,6 +21,7 @@ import httpx
 from tenacity import wait_exponential_jitter
 
 from sandboxes.dataverse.store import SandboxError
+from sandboxes.spotler.store import ApiError
 from sync_core.services.runtime import get_runtime
 from sync_core.services.status import dead_letter_view
 from tests.convergence.operations import EXCLUDED_JOB_TITLE, Op
@@ -41,16 +42,45 @@ class Ledger:
 
     blocked: dict[str, str] = field(default_factory=dict)
     opted_in: dict[str, str] = field(default_factory=dict)
+    # The blocked addresses whose person left Dynamics' sync altogether (Do Not Email, deactivated, deleted,
+    # merged away): the connector keeps a tombstone, and a record that takes the address waits for an opt-in.
+    suppressed: set[str] = field(default_factory=set)
 
-    def block(self, address: str | None, why: str) -> None:
+    def block(self, address: str | None, why: str, *, suppress: bool = False) -> None:
         if address:
             self.blocked[address] = why
             self.opted_in.pop(address, None)
+            if suppress:
+                self.suppressed.add(address)
+
+    def moved(self, old: str | None, new: str | None, *, stays: list[int], fresh: bool) -> None:
+        """A record's address changed from `old` to `new`.
+
+        An unsubscribe that is no tombstone (a permission turned off in Spotler, Do Not Bulk Email) lives on the
+        Spotler contact, and the contact follows its last record to a fresh address: so does the ledger's entry.
+        An address that no live record holds any more carries no such unsubscribe. Tombstones stay with the
+        address whatever moves.
+        """
+        if not old or old not in self.blocked or old in self.suppressed or stays:
+            return
+        why = self.blocked.pop(old)
+        if fresh and new:
+            self.blocked[new] = why
 
     def opt_in(self, address: str | None, why: str) -> None:
         if address:
             self.blocked.pop(address, None)
+            self.suppressed.discard(address)
             self.opted_in[address] = why
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A write the connector sent to a contact that had opted out in Spotler (seen as Spotler received it)."""
+
+    external_id: str
+    address: str | None
+    asked_permission: bool  # it asked for a permission bit on (Spotler refuses that with CONTACT_OPTOUT)
 
 
 @dataclass
@@ -91,6 +121,37 @@ class World:
         self._crash_armed = False
         self._armed_spotler: list[Any] = []
         self._armed_dataverse: list[Any] = []
+        self.breaches: list[Breach] = []
+        self.resolved: dict[int, str] = {}  # operation number -> the address an abstract pick resolved to
+        self._watch_opted_out_writes()
+
+    def _watch_opted_out_writes(self) -> None:
+        """Record every API write that reaches a contact after its opt-out in Spotler.
+
+        The sandbox, like Spotler, refuses to turn a bit on for such a contact, so the end state alone cannot show
+        a connector that ignores the opt-out; what it asked for can.
+        """
+        store = self.sp
+        store.__dict__.pop("_write", None)
+        original = store._write
+        breaches = self.breaches
+
+        def write(stored: Any, data: dict[str, Any], **kw: Any) -> Any:
+            # An anonymized contact shows no opt-out (it has no address, docs/identity.md): what the connector
+            # cannot see, it cannot honour; a new opt-in in Dynamics is what brings such a person back.
+            watched = kw.get("source") == "api" and stored is not None and stored.opted_out and not stored.anonymized
+            address = norm(stored.properties.get("email")) if watched else None
+            try:
+                outcome = original(stored, data, **kw)
+            except ApiError as exc:
+                if watched and exc.error_type == "CONTACT_OPTOUT":
+                    breaches.append(Breach(stored.external_id, address, True))
+                raise
+            if watched and outcome.changed:
+                breaches.append(Breach(stored.external_id, address, False))
+            return outcome
+
+        store.__dict__["_write"] = write
 
     # ------------------------------------------------------------------ rows
 
@@ -152,7 +213,7 @@ class World:
         done = bool(act())
         for a in addresses:
             if before[a] and not [s for s in self.holders(a) if self.consenting(s)]:
-                self.ledger.block(a, why)
+                self.ledger.block(a, why, suppress=True)
         return done
 
     # ------------------------------------------------------------------ operations
@@ -188,12 +249,15 @@ class World:
         return self._edit(op.slot, {column: op.value})
 
     async def _set_email(self, slot: int, address: str) -> bool:
-        if not self.live(slot) or self.address(slot) == norm(address):
+        old, new = self.address(slot), norm(address)
+        if not self.live(slot) or old == new:
             return False
-        if self._edit(slot, {"emailaddress1": address}):
-            self.emails[slot].append(address)
-            return True
-        return False
+        fresh = new is not None and not self.holders(new)
+        if not self._edit(slot, {"emailaddress1": address}):
+            return False
+        self.emails[slot].append(address)
+        self.ledger.moved(old, new, stays=[s for s in self.holders(old) if self.consenting(s)], fresh=fresh)
+        return True
 
     async def _op_email_fresh(self, op: Op) -> bool:
         return await self._set_email(op.slot, op.value)
@@ -205,6 +269,34 @@ class World:
         # Another record's address, in other letter case: Spotler compares addresses without case.
         address = str(row["emailaddress1"])
         return await self._set_email(op.slot, address.upper() if op.seq % 2 else address)
+
+    async def _op_email_converge(self, op: Op) -> bool:
+        """Two records get one fresh address at the same moment: their pushes race on that address."""
+        if op.other == op.slot or not self.live(op.slot) or not self.live(op.other):
+            return False
+        first = await self._set_email(op.slot, op.value)
+        second = await self._set_email(op.other, op.value.upper())
+        return first or second
+
+    def _blocked_address(self, pick: str) -> str | None:
+        """One of the addresses that lost their consent (chosen by `pick`), if any."""
+        blocked = sorted(self.ledger.blocked)
+        return blocked[int(pick) % len(blocked)] if blocked else None
+
+    async def _op_email_blocked(self, op: Op) -> bool:
+        """A record takes an address whose person opted out or was anonymized: that is no opt-in."""
+        address = self._blocked_address(op.value)
+        if address is None:
+            return False
+        self.resolved[op.seq] = address
+        return await self._set_email(op.slot, address)
+
+    async def _op_create_again(self, op: Op) -> bool:
+        """A new record for a person who opted out or was anonymized (a new lead, say): that is no opt-in."""
+        address = self._blocked_address(op.value) or f"again{op.seq}@example.nl"
+        self.resolved[op.seq] = address
+        self._create(op.slot, op.entity, address)
+        return True
 
     async def _op_email_back(self, op: Op) -> bool:
         history = self.emails.get(op.slot, [])

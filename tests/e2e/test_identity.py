@@ -189,3 +189,74 @@ async def test_when_the_record_that_speaks_for_a_shared_contact_leaves_the_next_
     assert shared["anonymized"] is False
     assert shared["properties"]["jobTitle"] == "Inkoper"  # the lead speaks for the person now
     assert "speaks for the person now" in (await status(connector, "lead", lead_id))["detail"]
+
+
+async def test_when_the_record_that_speaks_for_a_shared_contact_is_deleted_the_next_one_s_values_reach_spotler(
+    connector: Connector,
+) -> None:
+    # A delete keeps the contact for the live lead, so the lead must speak for the person at once.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", {**CONTACT, "jobtitle": "Directeur"})
+    await connector.deliver()
+    lead_id = dv.create("lead", {**LEAD, "jobtitle": "Inkoper"})
+    await connector.deliver()
+    assert (await linked_contact(connector, "lead", lead_id))["properties"]["jobTitle"] == "Directeur"
+
+    dv.delete("contact", contact_id)
+    await connector.deliver()
+
+    shared = await linked_contact(connector, "lead", lead_id)
+    assert shared["anonymized"] is False
+    assert shared["properties"]["jobTitle"] == "Inkoper"
+    assert "speaks for the person now" in (await status(connector, "lead", lead_id))["detail"]
+
+
+async def test_two_records_reactivated_together_on_their_anonymized_contacts_end_on_one_contact(
+    connector: Connector,
+) -> None:
+    # Each record was anonymized on a contact of its own (the second came after the first was anonymized);
+    # reactivated at the same moment, both would bring their own contact back with the one address.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", CONTACT)
+    await connector.deliver()
+    dv.deactivate("contact", contact_id)
+    await connector.deliver()
+    lead_id = dv.create("lead", LEAD)
+    await connector.deliver()
+    dv.deactivate("lead", lead_id)
+    await connector.deliver()
+    assert holders(connector, ADDRESS) == []
+
+    dv.activate("contact", contact_id)
+    dv.activate("lead", lead_id)
+    await connector.deliver()
+
+    assert len(holders(connector, ADDRESS)) == 1
+    assert (await linked_contact(connector, "contact", contact_id))["externalId"] == (
+        await linked_contact(connector, "lead", lead_id)
+    )["externalId"]
+
+
+async def test_the_last_record_of_an_address_leaves_a_tombstone_when_its_contact_went_with_another_address(
+    connector: Connector,
+) -> None:
+    # The contact row that spoke for the shared contact took it to its new address; the lead stayed on the old
+    # one. When the lead is deactivated, the person of the old address is gone: a new record with that address
+    # is no opt-in and must not be mailed.
+    dv = connector.dataverse.sandbox
+    contact_id = dv.create("contact", CONTACT)
+    await connector.deliver()
+    lead_id = dv.create("lead", LEAD)
+    await connector.deliver()
+    dv.edit("contact", contact_id, {"emailaddress1": "kim.new@example.nl"})
+    await connector.deliver()
+    assert holders(connector, ADDRESS) == []  # the shared contact went along with the contact row
+
+    dv.deactivate("lead", lead_id)
+    await connector.deliver()
+    assert (await linked_contact(connector, "contact", contact_id))["anonymized"] is False  # left alone
+    again = dv.create("lead", {**LEAD, "subject": "Again"})
+    await connector.deliver()
+
+    assert await reason(connector, "lead", again) == "suppressed"
+    assert not [c for c in holders(connector, ADDRESS) if any(p["enabled"] for p in c["properties"]["permissions"])]

@@ -577,7 +577,7 @@ def test_spotler_opt_out_after_an_email_change_leaves_the_tombstone_under_the_ad
     assert plan.changes == {"donotbulkemail": True, "new_newsletter": False}
 
 
-def test_spotler_opt_out_without_a_known_address_leaves_no_tombstone() -> None:
+def test_spotler_opt_out_is_tombstoned_by_the_contact_s_address_when_the_row_and_link_know_none() -> None:
     link, contact = synced(subscribed(), mapping=CONTACT)
     opted_out = dataclasses.replace(contact, channels={"EMAIL": False}, last_changed=SOON)
     plan = plan_pull(
@@ -588,7 +588,8 @@ def test_spotler_opt_out_without_a_known_address_leaves_no_tombstone() -> None:
         options(),
         LATER,
     )
-    assert plan.suppress is None
+    assert plan.suppress is not None
+    assert (plan.suppress.email_hash, plan.suppress.cause) == (hashed(ADA), SuppressionCause.OPTED_OUT)
 
 
 def test_a_subscribed_spotler_contact_leaves_no_tombstone() -> None:

@@ -1,0 +1,163 @@
+"""A record that joins a Spotler contact that already exists turns no permission bit on without a new opt-in.
+
+The bits such a contact has off are the person's own choice in Spotler (or the choice of the record that spoke
+for them); a record that moves onto the contact by a new address, or is paired with it by e-mail, is no opt-in.
+"""
+
+from __future__ import annotations
+
+from sync_core.domain.mapping import EntityMapping
+from sync_core.domain.plan import PushAction, plan_push
+from sync_core.domain.records import ChangeKind, SpotlerContact
+from sync_core.domain.state_model import LinkState
+from tests.unit.domain_builders import hashed, options, person, push_input
+
+FIELDS = [
+    {"dataverse": "firstname", "spotler": "firstName", "direction": "both"},
+    {"dataverse": "lastname", "spotler": "lastName", "direction": "both"},
+    {"dataverse": "emailaddress1", "spotler": "email", "type": "email", "direction": "to_spotler"},
+]
+PERMISSIONS = [{"bit": 1, "source": "not_donotbulkemail", "direction": "both"}]
+CONTACT = EntityMapping.model_validate({"fields": FIELDS, "permissions": PERMISSIONS})
+GRACE = "grace@example.com"
+
+
+def opted_out_holder() -> SpotlerContact:
+    """The contact that holds the address, its bit 1 turned off in Spotler by the person."""
+    return SpotlerContact(
+        "c-9", {"email": GRACE, "firstName": "Grace", "lastName": "Hopper"}, {1: False}, channels={"EMAIL": True}
+    )
+
+
+def moved_link() -> LinkState:
+    """The record's link as the push hands it over after the new address moved it onto `opted_out_holder`."""
+    return LinkState("contact", "c-1", "c-9", email_hash=hashed("ada@example.com"), base={})
+
+
+def test_a_record_moved_onto_a_contact_by_its_new_address_leaves_its_bits_off() -> None:
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, firstname="Grace", lastname="Hopper"),
+            changed={"emailaddress1"},
+            link=moved_link(),
+            spotler=opted_out_holder(),
+            moved=True,
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.contact is None or plan.contact.permissions.get(1) is not True
+    assert plan.link is not None
+    assert plan.link.unsubscribed  # held until Dynamics records a new opt-in
+    assert plan.link.external_id == "c-9"
+
+
+def test_a_record_moved_onto_a_contact_turns_its_bits_on_with_an_explicit_opt_in() -> None:
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, firstname="Grace", lastname="Hopper"),
+            changed={"emailaddress1", "donotbulkemail"},
+            link=moved_link(),
+            spotler=opted_out_holder(),
+            moved=True,
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.action is PushAction.UPDATE
+    assert plan.contact is not None
+    assert plan.contact.permissions == {1: True}
+    assert plan.link is not None
+    assert not plan.link.unsubscribed
+
+
+def test_a_record_paired_by_email_on_an_edit_leaves_the_contacts_bits_off() -> None:
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, jobtitle="Admiral"),
+            changed={"jobtitle"},
+            email_match=opted_out_holder(),
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.external_id == "c-9"
+    assert plan.contact is None or plan.contact.permissions.get(1) is not True
+    assert plan.link is not None
+    assert plan.link.unsubscribed
+
+
+def test_a_follower_that_joined_keeps_its_bits_off_when_it_comes_to_speak() -> None:
+    owner = LinkState("contact", "c-0", "c-9", email_hash=hashed(GRACE), base={})
+    follow = plan_push(
+        push_input(
+            person(emailaddress1=GRACE),
+            entity="lead",
+            record_id="l-1",
+            changed={"emailaddress1"},
+            link=LinkState("lead", "l-1", "c-9", base={}),
+            spotler=opted_out_holder(),
+            moved=True,
+            peers=[owner],
+        ),
+        CONTACT,
+        options(),
+    )
+    assert follow.action is PushAction.NONE
+    assert follow.link is not None
+    assert follow.link.unsubscribed
+    speak = plan_push(
+        push_input(
+            person(emailaddress1=GRACE),
+            entity="lead",
+            record_id="l-1",
+            changed={"jobtitle"},
+            link=follow.link,
+            spotler=opted_out_holder(),
+        ),
+        CONTACT,
+        options(),
+    )
+    assert speak.contact is None or speak.contact.permissions.get(1) is not True
+
+
+def test_a_record_coming_back_to_a_contact_anonymized_for_another_record_writes_all_its_values() -> None:
+    # The record's link still holds the base of its last sync; the contact was anonymized since (for the record
+    # that spoke for it). On the record's new opt-in its names must be written, not taken for Spotler's news.
+    spoke = plan_push(
+        push_input(person(emailaddress1=GRACE), changed={"jobtitle"}, spotler=opted_out_holder(), link=moved_link()),
+        CONTACT,
+        options(),
+    )
+    assert spoke.link is not None
+    assert spoke.link.base
+    wiped = SpotlerContact("c-9", {}, {1: False})
+    back = plan_push(
+        push_input(
+            person(emailaddress1=GRACE),
+            kind=ChangeKind.SET_STATE,
+            changed={"statecode"},
+            link=spoke.link,
+            spotler=wiped,
+        ),
+        CONTACT,
+        options(),
+    )
+    assert back.action is PushAction.UPDATE
+    assert back.contact is not None
+    assert back.contact.properties["firstName"] == "Ada"
+    assert back.contact.properties["lastName"] == "Lovelace"
+
+
+def test_a_peer_that_moved_to_another_address_keeps_no_shared_contact_for_the_person_who_leaves() -> None:
+    # The follower changed its address and follows the contact silently; when the last record of the contact's
+    # address is deleted, the person is gone: the contact is anonymized and the address gets its tombstone.
+    mine = LinkState("contact", "c-1", "c-9", email_hash=hashed(GRACE), base={})
+    moved_on = LinkState("lead", "l-1", "c-9", email_hash=hashed("elsewhere@example.com"), base={})
+    holder = SpotlerContact("c-9", {"email": GRACE}, {1: True}, channels={"EMAIL": True})
+    plan = plan_push(
+        push_input(None, kind=ChangeKind.DELETE, link=mine, spotler=holder, peers=[moved_on]), CONTACT, options()
+    )
+    assert plan.action is PushAction.ANONYMIZE
+    assert plan.suppress is not None
+    assert plan.suppress.email_hash == hashed(GRACE)
