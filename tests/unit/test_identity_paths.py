@@ -203,7 +203,7 @@ async def test_a_push_waits_while_another_push_holds_the_new_or_the_old_address(
     with pytest.raises(RetryLater) as deferred:
         await s.push(C1, ChangeKind.UPDATE, {"emailaddress1": ADA}, service=s.service(lease_wait=timedelta(0)))
 
-    assert "another change of this person's address is being applied" in str(deferred.value.__cause__)
+    assert str(deferred.value.__cause__) == "another change of this person's address is being applied"
     assert s.spotler.writes == writes
     assert s.contact(C1).email == BOB
     assert (await s.link("contact", C1)).email_hash == hashed(BOB)
@@ -282,7 +282,11 @@ async def test_a_record_without_a_link_pairs_with_the_lowest_contact_that_holds_
 
     outcome = await s.create(C1, ADA)
 
-    assert outcome.external_id == "sp-3"
+    assert (outcome.external_id, outcome.detail) == (
+        "sp-3",
+        "paired by e-mail with an existing Spotler contact; updated",
+    )
+    assert s.spotler.writes == [("update", "sp-3", None, False)]
     assert (await s.link("contact", C1)).external_id == "sp-3"
     assert s.contact("sp-3").properties.get("firstName") == "Ada"
     assert "firstName" not in s.contact("sp-9").properties
@@ -338,11 +342,11 @@ async def test_a_create_that_lands_nowhere_is_retried_and_nothing_is_linked() ->
     with pytest.raises(RetryLater) as retried:
         await s.create(C1, ADA)
 
-    assert "the new Spotler contact cannot be found yet" in str(retried.value.__cause__)
+    assert str(retried.value.__cause__) == "the new Spotler contact cannot be found yet"
     assert await s.world.state.get_link("contact", C1) is None
     assert await s.world.state.list_status("contact", C1) == []
     event = dataclasses.replace(s.event(C1, ChangeKind.UPDATE), idempotency_key="found")
-    with pytest.raises(ConcurrencyConflict, match="the new Spotler contact cannot be found yet"):
+    with pytest.raises(ConcurrencyConflict, match=r"^the new Spotler contact cannot be found yet$"):
         await s.service().apply_found(event, note="found by the pull")
 
 
@@ -411,6 +415,20 @@ async def test_a_record_whose_address_changed_to_one_nobody_holds_stays_on_its_c
     outcome = await s.push(C1, ChangeKind.UPDATE, {"emailaddress1": "ada.new@example.com"})
     assert (outcome.action, outcome.external_id, outcome.detail) == ("update", C1, "updated in Spotler")
     assert [c.external_id for c in s.spotler.contacts()] == [C1]
+
+
+async def test_a_record_leaving_the_sync_has_its_contact_unsubscribed_and_kept() -> None:
+    s = Setup(anonymize_on_deactivate=False)
+    await s.create(C1, ADA, firstname="Ada", jobtitle="Analyst")
+
+    outcome = await s.push(C1, ChangeKind.SET_STATE, {"statecode": 1, "statuscode": 2})
+
+    assert (outcome.action, outcome.reason, outcome.external_id) == ("unsubscribe", ReasonCode.INACTIVE, C1)
+    assert s.spotler.writes[-1] == ("update", C1, None, False)
+    kept = s.contact(C1)
+    assert (kept.email, kept.properties["firstName"], kept.properties["jobTitle"]) == (ADA, "Ada", "Analyst")
+    assert kept.permissions == {1: False, 2: False}
+    assert await s.world.state.get_suppression(hashed(ADA)) is None
 
 
 # --- a 404 is checked by address --------------------------------------------------------------------------------------
