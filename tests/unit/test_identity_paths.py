@@ -103,8 +103,11 @@ class RacingSpotler(FakeSpotler):
 class Setup:
     """A world with a `RacingSpotler`, and Dataverse rows driven through the push service as events."""
 
-    def __init__(self, spotler: type[RacingSpotler] = RacingSpotler, **push_options: Any) -> None:
+    def __init__(
+        self, spotler: type[RacingSpotler] = RacingSpotler, mapping: MappingConfig = MAPPING, **push_options: Any
+    ) -> None:
         self.world = World()
+        self.mapping = mapping
         self.spotler = spotler(self.world.clock)
         self.world.spotler = self.spotler
         self.options = push_options
@@ -116,7 +119,7 @@ class Setup:
             state=self.world.state,
             spotler=self.spotler,
             dataverse=self.world.dataverse,
-            mapping=MAPPING,
+            mapping=self.mapping,
             options=options(**self.options),
             clock=self.world.clock,
             app_user_id=APP_USER,
@@ -348,6 +351,20 @@ async def test_a_create_that_lands_nowhere_is_retried_and_nothing_is_linked() ->
     event = dataclasses.replace(s.event(C1, ChangeKind.UPDATE), idempotency_key="found")
     with pytest.raises(ConcurrencyConflict, match=r"^the new Spotler contact cannot be found yet$"):
         await s.service().apply_found(event, note="found by the pull")
+
+
+async def test_a_lost_create_whose_contact_carries_no_address_property_is_retried_without_a_search() -> None:
+    # The mapping sends the e-mail column to another Spotler property: there is no address to look the contact up by.
+    fields = [{**f, "spotler": "mail"} if f["spotler"] == "email" else f for f in FIELDS]
+    mapping = parse_mapping({"entities": {"contact": {"fields": fields, "permissions": PERMISSIONS}}})
+    s = Setup(spotler=LosingSpotler, mapping=mapping)
+
+    with pytest.raises(RetryLater) as retried:
+        await s.create(C1, ADA)
+
+    assert str(retried.value.__cause__) == "the new Spotler contact cannot be found yet"
+    assert s.spotler.writes == [("insert", C1, True, False)]
+    assert s.spotler.log == [("search_by_email", ""), ("get_contact", C1)]  # one search, before the create
 
 
 # --- moving to the contact that holds a new address -------------------------------------------------------------------

@@ -178,6 +178,7 @@ def test_the_purge_body_of_a_set_property_overlays_the_bits_dynamics_sets_on_spo
         {"dataverse": "new_vip", "spotler": "flags", "type": "boolean", "bit": 4, "direction": "to_spotler"},
         {"dataverse": "new_press", "spotler": "flags", "type": "boolean", "bit": 5, "direction": "to_spotler"},
         {"dataverse": "new_region", "spotler": "regions", "type": "boolean", "bit": 1, "direction": "to_dynamics"},
+        {"dataverse": "new_member", "spotler": "labels", "type": "boolean", "bit": 3, "direction": "to_spotler"},
         JOB,
         EMAIL,
     ]
@@ -186,7 +187,7 @@ def test_the_purge_body_of_a_set_property_overlays_the_bits_dynamics_sets_on_spo
         "c-1", {"email": ADA, "jobTitle": "Analyst", "flags": {4: False, 9: True}, "regions": {1: True}}, {1: True}
     )
     got = plan(
-        attrs(new_vip=True, new_press=False, jobtitle="Planner"),
+        attrs(new_vip=True, new_press=False, new_member=True, jobtitle="Planner"),
         mapping,
         changed={"new_vip", "jobtitle"},
         link=link(),
@@ -199,6 +200,7 @@ def test_the_purge_body_of_a_set_property_overlays_the_bits_dynamics_sets_on_spo
         "jobTitle": "Planner",
         "flags": {4: True, 9: True},  # bit 5 is off on both sides: nothing to send
         "regions": {1: True},
+        "labels": {3: True},  # a set property Spotler did not hold yet
     }
 
 
