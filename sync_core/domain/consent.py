@@ -24,6 +24,7 @@ def normalize_email(value: object) -> str | None:
 # The plain ASCII addresses nearly everyone has, for which email-validator's answer is known without running
 # it: a dot-atom of common characters, host labels without "--" (no IDNA), an alphabetic TLD that is not a
 # special-use name. Anything else goes to email-validator. tests/unit/test_email_fast_path.py holds the two equal.
+# No 64-character limit on the local part: email-validator (not strict) accepts longer ones too.
 _PLAIN = re.compile(
     r"(?P<local>[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*)@"
     r"(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?P<tld>[A-Za-z]{2,24}))"
@@ -34,7 +35,7 @@ _SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "tes
 def _plain_normalized(text: str) -> str | None:
     """`text` normalized when it is a plain address (see _PLAIN), else None (not decided here)."""
     match = _PLAIN.fullmatch(text)
-    if match is None or len(match["local"]) > 64 or len(text) > 254 or "--" in match["domain"]:
+    if match is None or len(text) > 254 or "--" in match["domain"]:
         return None
     if match["tld"].lower() in _SPECIAL_USE:
         return None
@@ -56,7 +57,7 @@ def _normalized(value: str) -> str | None:
 
 def email_hash(key: bytes, email: str) -> str:
     """Keyed hash of the case-folded address: stable per person, useless without the key."""
-    return hmac.new(key, email.strip().casefold().encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(key, email.strip().casefold().encode(), hashlib.sha256).hexdigest()
 
 
 def redact_email(text: str) -> str:
