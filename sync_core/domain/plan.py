@@ -73,7 +73,7 @@ class PushInput:
     spotler: SpotlerContact | None = None
     email_match: SpotlerContact | None = None
     suppression: Suppression | None = None
-    peers: Sequence[LinkState] = ()
+    peers: Sequence[LinkState] = ()  # the other records on the contact (never the record itself)
     merged_into: str | None = None
     master_attributes: Mapping[str, AttrValue] | None = None
     moved: bool = False  # the record's new address moved it onto the existing contact `spotler`
@@ -268,18 +268,19 @@ def _owner_peer(inp: PushInput) -> LinkState | None:
     """A live peer that outranks this record for the shared Spotler contact, if any."""
     mine = (ENTITY_PRECEDENCE[inp.entity], inp.record_id)
     for peer in sorted(_active_peers(inp), key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)):
-        if (ENTITY_PRECEDENCE[peer.entity], peer.record_id) < mine:
+        # Two records never share a key, so `<` and `<=` agree here.
+        if (ENTITY_PRECEDENCE[peer.entity], peer.record_id) < mine:  # pragma: no mutate
             return peer
     return None
 
 
-def live_peers(peers: Sequence[LinkState], entity: EntityName, record_id: str) -> list[LinkState]:
-    """The other records that still speak for a live, consenting person on a shared Spotler contact."""
-    return [p for p in peers if not p.anonymized and p.in_scope and (p.entity, p.record_id) != (entity, record_id)]
+def live_peers(peers: Sequence[LinkState]) -> list[LinkState]:
+    """The peers (the other records on a shared Spotler contact) that still speak for a live, consenting person."""
+    return [p for p in peers if not p.anonymized and p.in_scope]
 
 
 def _active_peers(inp: PushInput) -> list[LinkState]:
-    return live_peers(inp.peers, inp.entity, inp.record_id)
+    return live_peers(inp.peers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +305,7 @@ def plan_departure(
         return Departure(PushAction.NONE, "Spotler contact kept (ON_LEAVING_SCOPE=keep)")
     if options.on_leaving_scope == "anonymize":
         return Departure(PushAction.ANONYMIZE, "Spotler contact anonymized")
-    bits = {p.bit: False for p in mapping.permissions if p.direction.pushes and contact.permissions.get(p.bit, False)}
+    bits = {p.bit: False for p in mapping.permissions if p.direction.pushes and contact.permissions.get(p.bit)}
     if not bits:
         return Departure(PushAction.NONE, "unsubscribed")
     return Departure(

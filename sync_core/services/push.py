@@ -397,7 +397,7 @@ class PushService:
         left = plan.action in (PushAction.NONE, PushAction.RELINK) and stopped
         if left and plan.action is PushAction.RELINK and plan.external_id is not None:
             peers = await self._peers(event.entity, event.record_id, plan.external_id)  # the master just joined
-        others = live_peers(peers, event.entity, event.record_id) if left else []
+        others = live_peers(peers) if left else []
         successor = min(others, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)) if others else None
         return PushOutcome(
             plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id, successor
@@ -417,17 +417,13 @@ class PushService:
         return min(matches, key=lambda m: m.external_id) if matches else None
 
     async def _peers(self, entity: EntityName, record_id: str, external_id: str) -> list[LinkState]:
-        """The other records linked to the Spotler contact `external_id`."""
-        return [
-            p
-            for p in await self._state.links_for_external_id(external_id, exclude=(entity, record_id))
-            if (p.entity, p.record_id) != (entity, record_id)
-        ]
+        """The other records linked to the Spotler contact `external_id` (the store leaves the record itself out)."""
+        return await self._state.links_for_external_id(external_id, exclude=(entity, record_id))
 
     async def _depart(self, contact: SpotlerContact, event: ChangeEvent, mapping: EntityMapping) -> None:
         """The record left `contact` (its address moved to another contact): give it up unless others need it."""
         peers = await self._peers(event.entity, event.record_id, contact.external_id)
-        others = live_peers(peers, event.entity, event.record_id)
+        others = live_peers(peers)
         departure = plan_departure(contact, others, mapping, self._options)
         if departure.action is PushAction.UNSUBSCRIBE and departure.contact is not None:
             await self._spotler.update_contact(departure.contact, purge=False)
@@ -493,7 +489,7 @@ class PushService:
             log.info("contact already gone in Spotler", extra={"record_id": event.record_id})
             return plan
         peers = await self._peers(event.entity, event.record_id, holder.external_id)
-        others = live_peers(peers, event.entity, event.record_id)
+        others = live_peers(peers)
         if not others:
             if unsubscribe is not None:
                 await self._spotler.update_contact(

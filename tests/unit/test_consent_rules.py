@@ -360,7 +360,6 @@ def test_deactivating_one_of_two_rows_sharing_a_contact_keeps_it_for_the_live_on
 def test_deactivating_the_last_live_row_anonymizes_even_with_departed_peers() -> None:
     contact_link, lead_link, shared = shared_pair()
     departed = dataclasses.replace(lead_link, anonymized=True)
-    itself = dataclasses.replace(contact_link)
     plan = plan_push(
         push_input(
             subscribed(statecode=1),
@@ -368,7 +367,7 @@ def test_deactivating_the_last_live_row_anonymizes_even_with_departed_peers() ->
             changed={"statecode"},
             link=contact_link,
             spotler=shared,
-            peers=[departed, itself],
+            peers=[departed],
         ),
         CONTACT,
         options(),

@@ -61,13 +61,12 @@ def plan(values: dict[str, Any], **kw: Any) -> Any:
 # --- live peers -----------------------------------------------------------------------------------------------------
 
 
-def test_live_peers_leave_out_the_record_itself_anonymized_and_out_of_scope_links() -> None:
-    me = link()
+def test_live_peers_leave_out_anonymized_and_out_of_scope_links() -> None:
     alive = peer("l-live")
     anonymized = peer("l-anon", anonymized=True)
     gone = peer("l-gone", in_scope=False)
     same_id_other_table = LinkState("lead", "c-1", "c-1")
-    found = live_peers([me, alive, anonymized, gone, same_id_other_table], "contact", "c-1")
+    found = live_peers([alive, anonymized, gone, same_id_other_table])
     assert found == [alive, same_id_other_table]
 
 
