@@ -44,7 +44,7 @@ def _seconds(doc: dict[str, object], start_key: str) -> float:
 
 
 async def run(
-    connection_string: str, records: int, rate: float, dry_run: bool, concurrency: int
+    connection_string: str, records: int, rate: float, dry_run: bool, concurrency: int, pace: float | None = None
 ) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     with sandbox_stack(connection_string, name="bulk") as stack:
@@ -52,7 +52,13 @@ async def run(
         stack.spotler.set_rate_limit(rate)
         stack.spotler.reset_call_counts()
         dv_before = stack.dataverse.request_counts()
-        env = {**os.environ, **stack.settings, "BULK_CONCURRENCY": str(concurrency), "SPOTLER_MAX_ATTEMPTS": "20"}
+        env = {
+            **os.environ,
+            **stack.settings,
+            "BULK_CONCURRENCY": str(concurrency),
+            "SPOTLER_MAX_ATTEMPTS": "20",
+            "SPOTLER_CALLS_PER_SECOND": str(pace if pace is not None else rate),
+        }
         command = [sys.executable, "-m", "sync_core", "backfill", "--json"] + (["--dry-run"] if dry_run else [])
         started = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -102,12 +108,18 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="Spotler sandbox calls per second")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        help="SPOTLER_CALLS_PER_SECOND of the connector (default: --rate; 0 sends unpaced)",
+    )
     args = parser.parse_args()
     connection_string = os.environ.get("AZURITE_CONNECTION_STRING")
     if not connection_string:
         print("Start Azurite first (./scripts/bench-bulk does it) and set AZURITE_CONNECTION_STRING.")
         return 2
-    rows = asyncio.run(run(connection_string, args.records, args.rate, args.dry_run, args.concurrency))
+    rows = asyncio.run(run(connection_string, args.records, args.rate, args.dry_run, args.concurrency, args.pace))
     mode = " --dry-run" if args.dry_run else ""
     title = f"backfill{mode}, {args.records:,} records, Spotler limited to {args.rate:g} calls/s"
     table = Table(title=title)
