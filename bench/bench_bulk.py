@@ -44,7 +44,13 @@ def _seconds(doc: dict[str, object], start_key: str) -> float:
 
 
 async def run(
-    connection_string: str, records: int, rate: float, dry_run: bool, concurrency: int, pace: float | None = None
+    connection_string: str,
+    records: int,
+    rate: float,
+    dry_run: bool,
+    concurrency: int,
+    pace: float | None = None,
+    trace_memory: str | None = None,
 ) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     with sandbox_stack(connection_string, name="bulk") as stack:
@@ -60,6 +66,8 @@ async def run(
             "SPOTLER_CALLS_PER_SECOND": str(pace if pace is not None else rate),
         }
         command = [sys.executable, "-m", "sync_core", "backfill", "--json"] + (["--dry-run"] if dry_run else [])
+        if trace_memory:
+            command[1:3] = [os.environ.get("BENCH_WRAPPER", str(ROOT / "bench" / "trace_memory.py")), trace_memory]
         started = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         result = await asyncio.to_thread(
@@ -114,12 +122,15 @@ def main() -> int:
         default=None,
         help="SPOTLER_CALLS_PER_SECOND of the connector (default: --rate; 0 sends unpaced)",
     )
+    parser.add_argument("--trace-memory", metavar="PATH", help="run the command under tracemalloc; write to PATH")
     args = parser.parse_args()
     connection_string = os.environ.get("AZURITE_CONNECTION_STRING")
     if not connection_string:
         print("Start Azurite first (./scripts/bench-bulk does it) and set AZURITE_CONNECTION_STRING.")
         return 2
-    rows = asyncio.run(run(connection_string, args.records, args.rate, args.dry_run, args.concurrency, args.pace))
+    rows = asyncio.run(
+        run(connection_string, args.records, args.rate, args.dry_run, args.concurrency, args.pace, args.trace_memory)
+    )
     mode = " --dry-run" if args.dry_run else ""
     title = f"backfill{mode}, {args.records:,} records, Spotler limited to {args.rate:g} calls/s"
     table = Table(title=title)

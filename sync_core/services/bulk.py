@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,7 +50,7 @@ from sync_core.domain.plan import PushAction, PushInput, PushOptions, PushPlan, 
 from sync_core.domain.ports import ConcurrencyConflict, SpotlerGateway, StateStore
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
-from sync_core.domain.state_model import LinkState, StatusEntry
+from sync_core.domain.state_model import LinkState, StatusEntry, Suppression
 from sync_core.services.bulk_tables import BulkTables
 from sync_core.services.leases import lease_name
 from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
@@ -457,51 +457,79 @@ class BulkEngine:
     ) -> list[_Planned]:
         gate = asyncio.Semaphore(self._bulk.planning_concurrency)
         now = self._clock()
-        # What the item needs, read set-wise: its links (one range query) and the index's snapshots of the
-        # contacts they point at (a range query per index partition), read once and carried to the write.
-        links = await self.tables.links_of(entity, [r.record_id for r in rows])
+        key = self._options.hash_key
+        # What the item needs, read set-wise and once, then carried to the write: its links (one range query),
+        # the index's snapshots of the contacts they point at (a range query per index partition), the
+        # tombstones of its addresses and, for records not yet paired, the contacts holding their addresses.
+        emails: dict[str, str | None] = {}
+        for r in rows:
+            emails[r.record_id] = (
+                normalize_email(r.attributes.get(mapping.email_attribute)) if r.attributes is not None else None
+            )
+        hashes = {rid: email_hash(key, e) for rid, e in emails.items() if e}
+        links, suppressions = await asyncio.gather(
+            self.tables.links_of(entity, [r.record_id for r in rows]), self.tables.suppressions(hashes.values())
+        )
         targets = {links[r.record_id].external_id if r.record_id in links else r.record_id for r in rows}
         contacts = await self.tables.indexed_contacts(run_id, targets)
+        unpaired = [h for rid, h in hashes.items() if rid not in links and rid not in contacts]
+        by_email = await self.tables.indexed_emails(run_id, unpaired) if unpaired else {}
+        if by_email:
+            contacts = {**contacts, **await self.tables.indexed_contacts(run_id, set(by_email.values()))}
 
         async def one(row: WorkRow) -> _Planned:
+            h = hashes.get(row.record_id)
+            link = links.get(row.record_id)
+            found = by_email.get(h) if h is not None and link is None else None
             async with gate:
-                return await self._plan_row(run_id, entity, mapping, row, now, links.get(row.record_id), contacts)
+                return await self._plan_row(
+                    entity,
+                    mapping,
+                    row,
+                    now,
+                    link=link,
+                    email=emails[row.record_id],
+                    spotler=contacts.get(link.external_id if link is not None else row.record_id),
+                    email_match=contacts.get(found) if found is not None else None,
+                    suppression=suppressions.get(h) if h is not None else None,
+                )
 
         planned = list(await asyncio.gather(*(one(r) for r in rows)))
         # Records of this run that share an address end on one contact: the first to take it writes.
-        for i, p in enumerate(planned):
-            if p.plan.action not in (PushAction.CREATE, PushAction.UPDATE) or p.email is None:
-                continue
-            h = email_hash(self._options.hash_key, p.email)
-            owner = await self.tables.claim_email(
-                run_id, phase, h, entity, p.row.record_id, p.plan.external_id or p.row.record_id
-            )
+        claiming = [
+            i
+            for i, p in enumerate(planned)
+            if p.plan.action in (PushAction.CREATE, PushAction.UPDATE) and p.row.record_id in hashes
+        ]
+        claims = [
+            (hashes[p.row.record_id], entity, p.row.record_id, p.plan.external_id or p.row.record_id)
+            for p in (planned[i] for i in claiming)
+        ]
+        owners = await self.tables.claim_emails(run_id, phase, claims)
+        for i, owner in zip(claiming, owners, strict=True):
             if owner is not None:
+                p = planned[i]
                 planned[i] = dataclasses.replace(p, plan=follow_claim(p.plan, owner, entity, p.row.record_id))
         return planned
 
     async def _plan_row(
         self,
-        run_id: str,
         entity: EntityName,
         mapping: EntityMapping,
         row: WorkRow,
         now: datetime,
+        *,
         link: LinkState | None,
-        contacts: Mapping[str, SpotlerContact],
+        email: str | None,
+        spotler: SpotlerContact | None,
+        email_match: SpotlerContact | None,
+        suppression: Suppression | None,
     ) -> _Planned:
+        """`plan_push` for one row, from the state read for its work item (only peers are read here)."""
         attrs = row.attributes
-        email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        if link is not None or spotler is not None:
+            email_match = None  # paired already: the address is not looked up (as the live push does)
         external_id = link.external_id if link is not None else row.record_id
-        spotler = contacts.get(external_id)
-        email_match: SpotlerContact | None = None
-        key = self._options.hash_key
-        email_h = email_hash(key, email) if email else None
-        if link is None and spotler is None and email_h is not None:
-            found = await self.tables.indexed_email(run_id, email_h)
-            if found is not None:
-                email_match = await self.tables.indexed_contact(run_id, found)
-        suppression = await self._state.get_suppression(email_h) if email_h else None
         target = link.external_id if link else (email_match.external_id if email_match else external_id)
         peers: list[LinkState] = []
         if link is not None or spotler is not None or email_match is not None:
