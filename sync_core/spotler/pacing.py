@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class TokenBucket:
-    """Up to `rate` acquisitions per second on average, at most `burst` at once after a quiet spell.
+    """Up to `rate` acquisitions per second, at most `burst` at once after a quiet spell.
 
-    `acquire()` waits until a token is free. Tokens are handed out in the order they were asked for (each
-    caller reserves the next free slot), so many concurrent callers are spaced `1 / rate` seconds apart.
+    `acquire()` waits until a token is free. Callers queue on a lock and each is spaced `1 / rate` seconds after
+    the previous one actually left: a caller held up (a busy event loop) delays the ones after it rather than
+    letting them catch up in a burst, which a per-second limit would answer with 429.
     """
 
     def __init__(
@@ -27,7 +28,7 @@ class TokenBucket:
         *,
         burst: int = 1,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], object] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -38,20 +39,17 @@ class TokenBucket:
         self._interval = 1.0 / rate
         self._clock = clock
         self._sleep = sleep
-        self._next = clock()  # the theoretical time of the next token when the bucket is empty
+        self._next = clock()  # when the next token is free (the bucket is empty then)
+        self._lock = asyncio.Lock()
         self.waited = 0.0  # seconds callers spent waiting, in total (for figures)
 
-    def reserve(self) -> float:
-        """Take the next token; the seconds to wait before using it."""
-        now = self._clock()
-        # A quiet spell fills the bucket up to `burst` tokens, no more.
-        earliest = now - (self.burst - 1) * self._interval
-        slot = max(self._next, earliest)
-        self._next = slot + self._interval
-        return max(0.0, slot - now)
-
     async def acquire(self) -> None:
-        delay = self.reserve()
-        if delay > 0:
-            self.waited += delay
-            await self._sleep(delay)  # type: ignore[misc]
+        async with self._lock:
+            now = self._clock()
+            # A quiet spell fills the bucket up to `burst` tokens, no more.
+            slot = max(self._next, now - (self.burst - 1) * self._interval)
+            if slot > now:
+                self.waited += slot - now
+                await self._sleep(slot - now)
+            left = self._clock()
+            self._next = max(slot, left - (self.burst - 1) * self._interval) + self._interval
