@@ -66,7 +66,7 @@ async def test_a_record_held_longer_than_the_wait_fails_its_item_before_anything
     crm = load_crm(connector.dataverse.sandbox, connector.spotler.store, 30)
     runtime = get_runtime()
     engine = get_bulk_engine(runtime)
-    engine._bulk = dataclasses.replace(engine._bulk, lease_wait_seconds=0.3)  # noqa: SLF001
+    engine._bulk = dataclasses.replace(engine._bulk, lease_wait_seconds=0.3)
     held = sorted(r for e, r in crm.eligible if e == "lead")[0]
     token = await runtime.state.acquire_lease(
         lease_name("lead", held), owner="live-push", now=runtime.clock(), ttl=timedelta(minutes=5)
