@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -59,10 +58,6 @@ KEYS_PER_QUERY = 12
 BATCH = 100
 RUN_PARTITION = "run"
 DELTA_PARTITION = "delta"
-
-
-def _h2(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:2]
 
 
 def _e_partition(run_id: str, email_h: str) -> str:
