@@ -114,3 +114,30 @@ async def test_a_range_read_cut_short_reads_the_rest_point_by_point(connector: C
         assert found["k0399"]["n"] == 399
         assert await read_keys(table, "p", ["k0007"]) == {"k0007": await table.get_entity("p", "k0007")}
         await service.delete_table(f"{settings.table_prefix}rangeprobe")
+
+
+async def test_claims_of_one_item_give_each_address_one_owner(connector: Connector) -> None:
+    del connector
+    tables = get_bulk_engine(get_runtime()).tables
+    await tables.ensure_ready()
+    run = "claims-probe"
+    first = [("a1" * 32, "contact", "c1", "c1"), ("b2" * 32, "contact", "c2", "c2")]
+    assert await tables.claim_emails(run, "apply", first) == [None, None]
+    # Again (a redelivered item): each record still holds its own address.
+    assert await tables.claim_emails(run, "apply", first) == [None, None]
+    # A later item: one address taken by c1, one named twice in the item, one free.
+    later = [
+        ("a1" * 32, "lead", "l1", "l1"),
+        ("c3" * 32, "lead", "l2", "l2"),
+        ("c3" * 32, "lead", "l3", "l3"),
+        ("d4" * 32, "lead", "l4", "l4"),
+    ]
+    owners = await tables.claim_emails(run, "apply", later)
+    assert owners[0] is not None
+    assert (owners[0].entity, owners[0].record_id, owners[0].external_id) == ("contact", "c1", "c1")
+    assert owners[1] is None
+    assert owners[2] is not None
+    assert owners[2].record_id == "l2"
+    assert owners[3] is None
+    # Another phase claims afresh.
+    assert await tables.claim_emails(run, "assess", later[:1]) == [None]
