@@ -65,6 +65,8 @@ INDEX_PAGE_SIZE = 1000
 FEED_START = datetime(2000, 1, 1, tzinfo=UTC)
 TERMINAL = frozenset({"done", "stopped", "failed"})
 LEASE_POLL_SECONDS = 0.25
+DRIVER_ATTEMPTS = 10
+"""Consecutive failures to read the bulk queue or the run after which the local driver gives up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,22 +689,39 @@ class LocalDriver:
             except Exception:
                 log.warning("bulk message failed; it will be delivered again", exc_info=True)
                 return
-            await queue.delete(message_id, receipt)
+            try:
+                await queue.delete(message_id, receipt)
+            except Exception:
+                log.warning("handled bulk message not deleted; it will be delivered again and skipped", exc_info=True)
+                return
             if text.startswith("z:") or '"t":"item"' in text:
                 self.items_handled += 1
 
         loop = asyncio.get_running_loop()
         next_look = 0.0
+        failures = 0
         try:
             while True:
                 # A pipeline, as the host's queue trigger is: a free slot takes the next message at once, so
                 # one slow message does not hold up the others.
                 free = self._concurrency - len(in_flight)
-                batch = await queue.receive(max_messages=free, visibility_timeout=self._visibility) if free else []
-                for m in batch:
-                    in_flight.add(asyncio.create_task(deliver(m.text, m.id, m.pop_receipt)))
-                if loop.time() >= next_look or not in_flight:
-                    doc = await self._engine.run_doc(run_id)
+                look = loop.time() >= next_look or not in_flight
+                try:
+                    batch = await queue.receive(max_messages=free, visibility_timeout=self._visibility) if free else []
+                    for m in batch:
+                        in_flight.add(asyncio.create_task(deliver(m.text, m.id, m.pop_receipt)))
+                    doc = await self._engine.run_doc(run_id) if look else None
+                except Exception:
+                    # Storage that does not answer for a moment (a timeout, a dropped connection) stops
+                    # nothing: messages in flight carry on, and the queue keeps what was not received.
+                    failures += 1
+                    if failures >= DRIVER_ATTEMPTS:
+                        raise
+                    log.warning("bulk queue or run unreadable; trying again", exc_info=True)
+                    await asyncio.sleep(min(30.0, poll * 2**failures))
+                    continue
+                failures = 0
+                if look:
                     if doc is None:
                         raise KeyError(run_id)
                     if on_progress is not None:
