@@ -330,6 +330,8 @@ class SpotlerClient:
         backoff = float(self._backoff(state))
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            if self.pacer is not None:
+                self.pacer.pause(min(exc.retry_after, self._max_retry_seconds))
             return max(backoff, min(exc.retry_after, self._max_retry_seconds))
         return backoff
 

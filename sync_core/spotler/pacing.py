@@ -53,3 +53,8 @@ class TokenBucket:
                 await self._sleep(slot - now)
             left = self._clock()
             self._next = max(slot, left - (self.burst - 1) * self._interval) + self._interval
+
+    def pause(self, seconds: float) -> None:
+        """Spotler answered 429: no caller of this bucket sends again for `seconds` (its `Retry-After`), rather
+        than each worker finding out with a 429 of its own."""
+        self._next = max(self._next, self._clock() + max(0.0, seconds))

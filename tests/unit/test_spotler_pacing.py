@@ -74,6 +74,29 @@ async def test_a_quiet_spell_does_not_save_up_more_than_the_burst() -> None:
     assert left == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0])
 
 
+async def test_a_429_pauses_every_caller_of_the_bucket() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(5.0, clock=clock, sleep=clock.sleep)
+    await bucket.acquire()
+    bucket.pause(2.0)  # one worker was answered 429 with Retry-After: 2
+    start = clock.now
+    await bucket.acquire()  # another worker's next call waits too
+    assert clock.now - start == pytest.approx(2.0)
+
+
+async def test_the_client_pauses_its_bucket_on_a_429() -> None:
+    answers = [httpx.Response(429, headers={"Retry-After": "1"}, json={}), httpx.Response(200, json=[])]
+    http = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: answers.pop(0)))
+    client = SpotlerClient(
+        base_url="http://127.0.0.1:1", consumer_key="k", consumer_secret="s", http=http, calls_per_second=50
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await client.list_properties()
+    await http.aclose()
+    assert loop.time() - started >= 0.95  # waited Retry-After, through the bucket as well
+
+
 def test_rate_and_burst_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rate"):
         TokenBucket(0)
