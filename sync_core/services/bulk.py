@@ -12,9 +12,13 @@ Functions host spreads the work over its instances and a stopped run carries on 
    item's impact (counts per action and reason, mass changes). Nothing is written anywhere.
 4. `advance` — when every item of the phase is recorded: a dry run ends with the impact; the mass-change guard
    stops a run that would anonymize or unsubscribe too much; otherwise the `apply` phase scans again.
-5. `item` (apply) — plan again and write: one Spotler bulk insert (`POST /contact/list`, `update=true`) per
-   item, each contact's result code into its status, links in batch transactions, statuses per record. A
-   finished item is recorded; a redelivered one is skipped, so a restart does not send completed work again.
+5. `item` (apply) — take the records' leases (one batch), plan again and write: one Spotler bulk insert
+   (`POST /contact/list`, `update=true`) per item, each contact's result code into its status, links in batch
+   transactions, statuses per record. A finished item is recorded; a redelivered one is skipped, so a restart
+   does not send completed work again.
+
+An item reads its state set-wise and once (`BulkTables`: range queries, multi-key queries, batch claims) and
+carries it from the plan to the write.
 """
 
 from __future__ import annotations
