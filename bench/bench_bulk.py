@@ -113,7 +113,7 @@ async def run(
         }
         command = [sys.executable, "-m", "sync_core", "backfill", "--json"] + (["--dry-run"] if dry_run else [])
         if trace_memory:
-            command[1:3] = [os.environ.get("BENCH_WRAPPER", str(ROOT / "bench" / "trace_memory.py")), trace_memory]
+            command[1:3] = [str(ROOT / "bench" / "trace_memory.py"), trace_memory]
         started = time.perf_counter()
         cpu_before = _children_cpu()
         result, peak_kib = await asyncio.to_thread(_run_measured, command, env)
