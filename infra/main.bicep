@@ -135,6 +135,9 @@ param spotlerTimeoutSeconds string = '30.0'
 @description('Attempts per Spotler call (SPOTLER_MAX_ATTEMPTS).')
 param spotlerMaxAttempts int = 5
 
+@description('Spotler calls per second of one instance (SPOTLER_CALLS_PER_SECOND): the account\'s limit divided by maximumInstanceCount, e.g. \'0.1\' for 10 calls/s over 100 instances. \'0\': unpaced.')
+param spotlerCallsPerSecond string = '0'
+
 @description('Column that receives the Spotler status reason (DATAVERSE_STATUS_COLUMN); `dataverse setup` prints it. Empty: not written.')
 param dataverseStatusColumn string = ''
 
@@ -368,6 +371,7 @@ var appSettings = union({
   CONFLICT_WINNER: conflictWinner
   SPOTLER_TIMEOUT_SECONDS: spotlerTimeoutSeconds
   SPOTLER_MAX_ATTEMPTS: string(spotlerMaxAttempts)
+  SPOTLER_CALLS_PER_SECOND: spotlerCallsPerSecond
   DATAVERSE_TIMEOUT_SECONDS: dataverseTimeoutSeconds
   WEBHOOK_AUTH_NAME: webhookAuthName
   WEBHOOK_MAX_BYTES: string(webhookMaxBytes)

@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     spotler_max_attempts: int = Field(
         default=5, ge=1, le=20, validation_alias="SPOTLER_MAX_ATTEMPTS", description="Attempts per call."
     )
+    spotler_calls_per_second: float = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        validation_alias="SPOTLER_CALLS_PER_SECOND",
+        description="Spotler calls one instance sends per second at most, evenly spaced (a token bucket shared by "
+        "its workers; retries included). Set it to the account's limit divided by the maximum instance count; "
+        "0 sends unpaced and relies on 429 and Retry-After.",
+    )
 
     # --- Dataverse
     dataverse_url: str = Field(

@@ -12,9 +12,13 @@ Functions host spreads the work over its instances and a stopped run carries on 
    item's impact (counts per action and reason, mass changes). Nothing is written anywhere.
 4. `advance` — when every item of the phase is recorded: a dry run ends with the impact; the mass-change guard
    stops a run that would anonymize or unsubscribe too much; otherwise the `apply` phase scans again.
-5. `item` (apply) — plan again and write: one Spotler bulk insert (`POST /contact/list`, `update=true`) per
-   item, each contact's result code into its status, links in batch transactions, statuses per record. A
-   finished item is recorded; a redelivered one is skipped, so a restart does not send completed work again.
+5. `item` (apply) — take the records' leases (one batch), plan again and write: one Spotler bulk insert
+   (`POST /contact/list`, `update=true`) per item, each contact's result code into its status, links in batch
+   transactions, statuses per record. A finished item is recorded; a redelivered one is skipped, so a restart
+   does not send completed work again.
+
+An item reads its state set-wise and once (`BulkTables`: range queries, multi-key queries, batch claims) and
+carries it from the plan to the write.
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ from sync_core.domain.bulk_plan import (
     unpack,
 )
 from sync_core.domain.consent import email_hash, normalize_email
-from sync_core.domain.errors import NotFoundError, SyncError
+from sync_core.domain.errors import NotFoundError, SyncError, TransientError
 from sync_core.domain.mapping import EntityMapping, MappingConfig
 from sync_core.domain.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
 from sync_core.domain.ports import ConcurrencyConflict, SpotlerGateway, StateStore
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
-from sync_core.domain.state_model import LinkState, StatusEntry
+from sync_core.domain.state_model import LinkState, StatusEntry, Suppression
 from sync_core.services.bulk_tables import BulkTables
+from sync_core.services.leases import lease_name
 from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
 from sync_core.services.runs import RunHistory, bulk_run
 from sync_core.state.queue import EventQueue, MessageTooLarge
@@ -63,6 +68,9 @@ log = logging.getLogger("sync_core.bulk")
 INDEX_PAGE_SIZE = 1000
 FEED_START = datetime(2000, 1, 1, tzinfo=UTC)
 TERMINAL = frozenset({"done", "stopped", "failed"})
+LEASE_POLL_SECONDS = 0.25
+DRIVER_ATTEMPTS = 10
+"""Consecutive failures to read the bulk queue or the run after which the local driver gives up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,12 @@ class BulkOptions:
     mass_change_share: float = 0.05
     advance_poll_seconds: int = 1
     planning_concurrency: int = 16
+    lease_seconds: float = 60.0
+    lease_wait_seconds: float = 10.0
+
+
+class RecordsBusy(TransientError):
+    """Records of a work item are held by live pushes longer than the item waits; it is delivered again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,56 +417,125 @@ class BulkEngine:
         mapping = self._mapping.for_entity(entity)
         assert mapping is not None
         rows = [WorkRow.from_json(r) for r in message["rows"]]
-        planned = await self._plan_rows(run["id"], phase, entity, mapping, rows)
         if phase == "assess":
+            planned = await self._plan_rows(run["id"], phase, entity, mapping, rows)
             impact = Impact()
             for p in planned:
                 impact.add(
                     entity, p.row.record_id, p.plan.action.value, p.plan.reason, mass=is_mass_change(p.plan, p.current)
                 )
         else:
-            impact = await self._apply(entity, planned)
+            # The records' leases are held from before their state is read until it is saved, as a live push
+            # holds its record's: a live push of one of them waits for this item, or this item for it.
+            tokens = await self._take_leases(run["id"], item_id, entity, rows)
+            try:
+                planned = await self._plan_rows(run["id"], phase, entity, mapping, rows)
+                impact = await self._apply(entity, planned)
+            finally:
+                await self.tables.give_back_leases(self._state, tokens)
         await self.tables.finish_item(run["id"], phase, item_id, impact.to_json())
+
+    async def _take_leases(
+        self, run_id: str, item_id: str, entity: EntityName, rows: Sequence[WorkRow]
+    ) -> dict[str, str]:
+        """The record leases of a work item's rows (one batch). A lease a live push holds is waited for, up to
+        `lease_wait_seconds`; still held then, the item gives back what it took and fails before writing anything,
+        and the queue delivers it again later."""
+        owner = f"bulk/{run_id}/{item_id}"
+        ttl = timedelta(seconds=self._bulk.lease_seconds)
+        names = [lease_name(entity, r.record_id) for r in rows]
+        held: dict[str, str] = {}
+        deadline = asyncio.get_running_loop().time() + self._bulk.lease_wait_seconds
+        while names:
+            taken = await self.tables.take_leases(self._state, names, owner=owner, now=self._clock(), ttl=ttl)
+            held.update((n, t) for n, t in taken.items() if t is not None)
+            names = [n for n, t in taken.items() if t is None]
+            if not names:
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                await self.tables.give_back_leases(self._state, held)
+                raise RecordsBusy(f"{len(names)} records of work item {item_id} are being pushed; delivered again")
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+        return held
 
     async def _plan_rows(
         self, run_id: str, phase: str, entity: EntityName, mapping: EntityMapping, rows: Sequence[WorkRow]
     ) -> list[_Planned]:
         gate = asyncio.Semaphore(self._bulk.planning_concurrency)
         now = self._clock()
+        key = self._options.hash_key
+        # What the item needs, read set-wise and once, then carried to the write: its links (one range query),
+        # the index's snapshots of the contacts they point at (a range query per index partition), the
+        # tombstones of its addresses and, for records not yet paired, the contacts holding their addresses.
+        emails: dict[str, str | None] = {}
+        for r in rows:
+            emails[r.record_id] = (
+                normalize_email(r.attributes.get(mapping.email_attribute)) if r.attributes is not None else None
+            )
+        hashes = {rid: email_hash(key, e) for rid, e in emails.items() if e}
+        links, suppressions = await asyncio.gather(
+            self.tables.links_of(entity, [r.record_id for r in rows]), self.tables.suppressions(hashes.values())
+        )
+        targets = {links[r.record_id].external_id if r.record_id in links else r.record_id for r in rows}
+        contacts = await self.tables.indexed_contacts(run_id, targets)
+        unpaired = [h for rid, h in hashes.items() if rid not in links and rid not in contacts]
+        by_email = await self.tables.indexed_emails(run_id, unpaired) if unpaired else {}
+        if by_email:
+            contacts = {**contacts, **await self.tables.indexed_contacts(run_id, set(by_email.values()))}
 
         async def one(row: WorkRow) -> _Planned:
+            h = hashes.get(row.record_id)
+            link = links.get(row.record_id)
+            found = by_email.get(h) if h is not None and link is None else None
             async with gate:
-                return await self._plan_row(run_id, phase, entity, mapping, row, now)
+                return await self._plan_row(
+                    entity,
+                    mapping,
+                    row,
+                    now,
+                    link=link,
+                    email=emails[row.record_id],
+                    spotler=contacts.get(link.external_id if link is not None else row.record_id),
+                    email_match=contacts.get(found) if found is not None else None,
+                    suppression=suppressions.get(h) if h is not None else None,
+                )
 
         planned = list(await asyncio.gather(*(one(r) for r in rows)))
         # Records of this run that share an address end on one contact: the first to take it writes.
-        for i, p in enumerate(planned):
-            if p.plan.action not in (PushAction.CREATE, PushAction.UPDATE) or p.email is None:
-                continue
-            h = email_hash(self._options.hash_key, p.email)
-            owner = await self.tables.claim_email(
-                run_id, phase, h, entity, p.row.record_id, p.plan.external_id or p.row.record_id
-            )
+        claiming = [
+            i
+            for i, p in enumerate(planned)
+            if p.plan.action in (PushAction.CREATE, PushAction.UPDATE) and p.row.record_id in hashes
+        ]
+        claims = [
+            (hashes[p.row.record_id], entity, p.row.record_id, p.plan.external_id or p.row.record_id)
+            for p in (planned[i] for i in claiming)
+        ]
+        owners = await self.tables.claim_emails(run_id, phase, claims)
+        for i, owner in zip(claiming, owners, strict=True):
             if owner is not None:
+                p = planned[i]
                 planned[i] = dataclasses.replace(p, plan=follow_claim(p.plan, owner, entity, p.row.record_id))
         return planned
 
     async def _plan_row(
-        self, run_id: str, phase: str, entity: EntityName, mapping: EntityMapping, row: WorkRow, now: datetime
+        self,
+        entity: EntityName,
+        mapping: EntityMapping,
+        row: WorkRow,
+        now: datetime,
+        *,
+        link: LinkState | None,
+        email: str | None,
+        spotler: SpotlerContact | None,
+        email_match: SpotlerContact | None,
+        suppression: Suppression | None,
     ) -> _Planned:
+        """`plan_push` for one row, from the state read for its work item (only peers are read here)."""
         attrs = row.attributes
-        link = await self._state.get_link(entity, row.record_id)
-        email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
+        if link is not None or spotler is not None:
+            email_match = None  # paired already: the address is not looked up (as the live push does)
         external_id = link.external_id if link is not None else row.record_id
-        spotler = await self.tables.indexed_contact(run_id, external_id)
-        email_match: SpotlerContact | None = None
-        key = self._options.hash_key
-        email_h = email_hash(key, email) if email else None
-        if link is None and spotler is None and email_h is not None:
-            found = await self.tables.indexed_email(run_id, email_h)
-            if found is not None:
-                email_match = await self.tables.indexed_contact(run_id, found)
-        suppression = await self._state.get_suppression(email_h) if email_h else None
         target = link.external_id if link else (email_match.external_id if email_match else external_id)
         peers: list[LinkState] = []
         if link is not None or spotler is not None or email_match is not None:
@@ -602,30 +685,62 @@ class LocalDriver:
         self, run_id: str, *, on_progress: Callable[[dict[str, Any]], None] | None = None, poll: float = 0.2
     ) -> dict[str, Any]:
         queue = self._engine.queue
-        while True:
-            batch = await queue.receive(max_messages=self._concurrency, visibility_timeout=self._visibility)
+        in_flight: set[asyncio.Task[None]] = set()
 
-            async def deliver(text: str, message_id: str, receipt: str) -> None:
-                try:
-                    await self._engine.handle(text)
-                except Exception:
-                    log.warning("bulk message failed; it will be delivered again", exc_info=True)
-                    return
+        async def deliver(text: str, message_id: str, receipt: str) -> None:
+            try:
+                await self._engine.handle(text)
+            except Exception:
+                log.warning("bulk message failed; it will be delivered again", exc_info=True)
+                return
+            try:
                 await queue.delete(message_id, receipt)
-                if text.startswith("z:") or '"t":"item"' in text:
-                    self.items_handled += 1
+            except Exception:
+                log.warning("handled bulk message not deleted; it will be delivered again and skipped", exc_info=True)
+                return
+            if text.startswith("z:") or '"t":"item"' in text:
+                self.items_handled += 1
 
-            if batch:
-                await asyncio.gather(*(deliver(m.text, m.id, m.pop_receipt) for m in batch))
-            doc = await self._engine.run_doc(run_id)
-            if doc is None:
-                raise KeyError(run_id)
-            if on_progress is not None:
-                on_progress(doc)
-            if doc["phase"] in TERMINAL:
-                return doc
-            if not batch:
-                await asyncio.sleep(poll)
+        loop = asyncio.get_running_loop()
+        next_look = 0.0
+        failures = 0
+        try:
+            while True:
+                # A pipeline, as the host's queue trigger is: a free slot takes the next message at once, so
+                # one slow message does not hold up the others.
+                free = self._concurrency - len(in_flight)
+                look = loop.time() >= next_look or not in_flight
+                try:
+                    batch = await queue.receive(max_messages=free, visibility_timeout=self._visibility) if free else []
+                    for m in batch:
+                        in_flight.add(asyncio.create_task(deliver(m.text, m.id, m.pop_receipt)))
+                    doc = await self._engine.run_doc(run_id) if look else None
+                except Exception:
+                    # Storage that does not answer for a moment (a timeout, a dropped connection) stops
+                    # nothing: messages in flight carry on, and the queue keeps what was not received.
+                    failures += 1
+                    if failures >= DRIVER_ATTEMPTS:
+                        raise
+                    log.warning("bulk queue or run unreadable; trying again", exc_info=True)
+                    await asyncio.sleep(min(30.0, poll * 2**failures))
+                    continue
+                failures = 0
+                if look:
+                    if doc is None:
+                        raise KeyError(run_id)
+                    if on_progress is not None:
+                        on_progress(doc)
+                    if doc["phase"] in TERMINAL:
+                        return doc
+                    next_look = loop.time() + poll
+                if in_flight and (not batch or len(in_flight) >= self._concurrency):
+                    done, in_flight = await asyncio.wait(in_flight, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+                    del done
+                elif not batch:
+                    await asyncio.sleep(poll)
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 def summary_of(doc: dict[str, Any]) -> dict[str, Any]:

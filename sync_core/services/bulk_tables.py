@@ -6,22 +6,36 @@ and batch writes of links and statuses.
 | bulkruns    | `run`                           | run id             | the run document (JSON) with its ETag         |
 | bulkruns    | `delta`                         | entity             | the change-tracking delta link of reconcile   |
 | bulkitems   | `<run>|<phase>`                 | work item id       | a finished work item and its impact           |
-| bulkindex   | `<run>|x|<2 hex>`               | Spotler externalId | a snapshot of the Spotler contact             |
-| bulkindex   | `<run>|e|<2 hex>`               | e-mail hash        | the externalId holding that e-mail address    |
-| bulkindex   | `<run>|<phase>|c|<2 hex>`       | e-mail hash        | the record of the run that took that address |
+| bulkindex   | `<run>|x|<2 chars>`             | Spotler externalId | a snapshot of the Spotler contact             |
+| bulkindex   | `<run>|e|<1 hex>`               | e-mail hash        | the externalId holding that e-mail address    |
+| bulkindex   | `<run>|<phase>|c|<1 hex>`       | e-mail hash        | the record of the run that took that address |
 
 Links keep their table (`links`, partition = entity) and are written in batch transactions of up to 100; their
 lookup index and the status history are written per record, as the state store does.
+
+A work item's rows come from a page that Dataverse orders by primary key, so its records are a contiguous range
+of ids: the item reads their links (and the index's snapshots of their contacts, partitioned by the first two
+characters of the externalId) with one range query per partition instead of a point read per record
+(`read_keys`). A range that holds far more rows than the item needs (rows of a change-tracking page, ordered by
+version) is cut short and the rest is read point by point.
+
+Record leases (the state store's `deliveries` table, partition `lease`) are taken and given back for a whole
+work item in one batch transaction each (`take_leases`, `give_back_leases`); a batch that meets a held or
+stale lease falls back to the state store's per-record acquire, which knows when a lease may be taken over.
+
+Keys by e-mail hash cannot be ranges. Their partitions are coarse (16 per run and kind), so that a work item's
+addresses fall into few of them: they are read with one query per partition naming up to `KEYS_PER_QUERY` keys
+(`read_many`), and claimed with one batch insert per partition (a batch that meets an address already taken is
+claimed record by record).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -31,17 +45,33 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from sync_core.domain.ports import ConcurrencyConflict, StateStore
 from sync_core.domain.records import EntityName, SpotlerContact
-from sync_core.domain.state_model import LinkState, StatusEntry
+from sync_core.domain.state_model import LinkState, StatusEntry, Suppression
 from sync_core.state import codec
 from sync_core.state.tables import _to_entity
+
+RANGE_SLACK = 4
+"""A range query reads at most this many rows per wanted key (plus `RANGE_MIN`) before point reads take over."""
+RANGE_MIN = 50
+KEYS_PER_QUERY = 12
+"""Keys named in one query (Table Storage allows 15 comparisons in a filter; one is the partition)."""
 
 BATCH = 100
 RUN_PARTITION = "run"
 DELTA_PARTITION = "delta"
 
 
-def _h2(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:2]
+def _e_partition(run_id: str, email_h: str) -> str:
+    return f"{run_id}|e|{email_h[:1]}"
+
+
+def _c_partition(run_id: str, phase: str, email_h: str) -> str:
+    return f"{run_id}|{phase}|c|{email_h[:1]}"
+
+
+def _x_partition(run_id: str, external_id: str) -> str:
+    """The index partition of a contact: by the leading characters of its key, so that ids close together (a
+    work item's range of record ids) share a partition and one range query reads them."""
+    return f"{run_id}|x|{codec.safe_key(external_id)[:2]}"
 
 
 def contact_to_json(contact: SpotlerContact) -> str:
@@ -91,12 +121,15 @@ class BulkTables:
         self.links = service.get_table_client(f"{prefix}links")
         self.link_index = service.get_table_client(f"{prefix}index")
         self.status = service.get_table_client(f"{prefix}status")
+        self.deliveries = service.get_table_client(f"{prefix}deliveries")
+        self.suppression_table = service.get_table_client(f"{prefix}suppressions")
         self._ready = False
         self._lock = asyncio.Lock()
 
     @classmethod
     def from_connection_string(cls, conn: str, *, prefix: str = "sync") -> BulkTables:
-        return cls(TableServiceClient.from_connection_string(conn), prefix=prefix)
+        # No proxy settings from the environment: aiohttp would look them up in a thread for every request.
+        return cls(TableServiceClient.from_connection_string(conn, use_env_settings=False), prefix=prefix)
 
     async def ensure_ready(self) -> None:
         async with self._lock:
@@ -107,7 +140,16 @@ class BulkTables:
             self._ready = True
 
     async def aclose(self) -> None:
-        for client in (self.runs, self.items, self.index, self.links, self.link_index, self.status):
+        for client in (
+            self.runs,
+            self.items,
+            self.index,
+            self.links,
+            self.link_index,
+            self.status,
+            self.deliveries,
+            self.suppression_table,
+        ):
             await client.close()
         await self._service.close()
 
@@ -196,13 +238,13 @@ class BulkTables:
         groups: dict[str, list[dict[str, Any]]] = {}
         seen: set[tuple[str, str]] = set()
         for contact, email_h in contacts:
-            pk = f"{run_id}|x|{_h2(contact.external_id)}"
+            pk = _x_partition(run_id, contact.external_id)
             rk = codec.safe_key(contact.external_id)
             if (pk, rk) not in seen:
                 seen.add((pk, rk))
                 groups.setdefault(pk, []).append({"PartitionKey": pk, "RowKey": rk, "c": contact_to_json(contact)})
             if email_h is not None:
-                epk = f"{run_id}|e|{email_h[:2]}"
+                epk = _e_partition(run_id, email_h)
                 if (epk, email_h) not in seen:
                     seen.add((epk, email_h))
                     groups.setdefault(epk, []).append(
@@ -217,24 +259,146 @@ class BulkTables:
 
     async def indexed_contact(self, run_id: str, external_id: str) -> SpotlerContact | None:
         try:
-            row = await self.index.get_entity(f"{run_id}|x|{_h2(external_id)}", codec.safe_key(external_id))
+            row = await self.index.get_entity(_x_partition(run_id, external_id), codec.safe_key(external_id))
         except ResourceNotFoundError:
             return None
         return contact_from_json(str(row["c"]))
 
+    async def indexed_contacts(self, run_id: str, external_ids: Iterable[str]) -> dict[str, SpotlerContact]:
+        """The index's snapshots of these contacts (those it holds), by externalId: a range query per partition."""
+        by_partition: dict[str, dict[str, str]] = {}
+        for external_id in external_ids:
+            by_partition.setdefault(_x_partition(run_id, external_id), {})[codec.safe_key(external_id)] = external_id
+        reads = await asyncio.gather(*(read_keys(self.index, pk, list(keys)) for pk, keys in by_partition.items()))
+        out: dict[str, SpotlerContact] = {}
+        for (_, keys), rows in zip(by_partition.items(), reads, strict=True):
+            for key, row in rows.items():
+                out[keys[key]] = contact_from_json(str(row["c"]))
+        return out
+
+    async def links_of(self, entity: EntityName, record_ids: Iterable[str]) -> dict[str, LinkState]:
+        """The links of these records (those that have one), by record id, with their ETags: one range query."""
+        keys = {codec.safe_key(r): r for r in record_ids}
+        rows = await read_keys(self.links, entity, list(keys))
+        return {keys[k]: codec.link_from_props(_props(row), str(row.metadata["etag"])) for k, row in rows.items()}
+
+    # ------------------------------------------------------------------------------------------ record leases
+
+    async def take_leases(
+        self, state: StateStore, names: Sequence[str], *, owner: str, now: datetime, ttl: timedelta
+    ) -> dict[str, str | None]:
+        """Take the leases `names` for `owner`: name -> token, or None where another holder has it.
+
+        One batch transaction inserts them all when none exists (the usual case); otherwise each is taken on its
+        own through the state store (which takes over an expired lease and refuses a held one).
+        """
+        out: dict[str, str | None] = {}
+        for start in range(0, len(names), BATCH):
+            part = names[start : start + BATCH]
+            expires = now + ttl
+            ops: list[Any] = [
+                ("create", _to_entity(codec.LEASE_PARTITION, codec.safe_key(n), codec.lease_props(n, owner, expires)))
+                for n in part
+            ]
+            try:
+                results = await self.deliveries.submit_transaction(ops)
+            except TableTransactionError:
+                tokens = await asyncio.gather(*(state.acquire_lease(n, owner=owner, now=now, ttl=ttl) for n in part))
+                out.update(zip(part, tokens, strict=True))
+                continue
+            out.update((n, str(r["etag"])) for n, r in zip(part, results, strict=True))
+        return out
+
+    async def give_back_leases(self, state: StateStore, tokens: Mapping[str, str]) -> None:
+        """Give leases back (only those still held with these tokens): one batch, or one by one if it fails."""
+        items = list(tokens.items())
+        for start in range(0, len(items), BATCH):
+            part = items[start : start + BATCH]
+            ops: list[Any] = [
+                (
+                    "delete",
+                    {"PartitionKey": codec.LEASE_PARTITION, "RowKey": codec.safe_key(name)},
+                    {"etag": token, "match_condition": MatchConditions.IfNotModified},
+                )
+                for name, token in part
+            ]
+            try:
+                await self.deliveries.submit_transaction(ops)
+            except TableTransactionError:
+                await asyncio.gather(*(state.release_lease(name, token) for name, token in part))
+
     async def indexed_email(self, run_id: str, email_h: str) -> str | None:
         try:
-            row = await self.index.get_entity(f"{run_id}|e|{email_h[:2]}", email_h)
+            row = await self.index.get_entity(_e_partition(run_id, email_h), email_h)
         except ResourceNotFoundError:
             return None
         return str(row["x"])
+
+    async def indexed_emails(self, run_id: str, hashes: Iterable[str]) -> dict[str, str]:
+        """e-mail hash -> the externalId holding that address, for those the index knows (a query per partition)."""
+        by_partition: dict[str, list[str]] = {}
+        for h in set(hashes):
+            by_partition.setdefault(_e_partition(run_id, h), []).append(h)
+        reads = await asyncio.gather(*(read_many(self.index, pk, keys) for pk, keys in by_partition.items()))
+        return {key: str(row["x"]) for rows in reads for key, row in rows.items()}
+
+    async def suppressions(self, hashes: Iterable[str]) -> dict[str, Suppression]:
+        """The tombstones of these e-mail hashes (the state store's table), by hash."""
+        keys = {h: codec.suppression_keys(h) for h in set(hashes)}
+
+        async def one(h: str) -> tuple[str, Suppression | None]:
+            try:
+                row = await self.suppression_table.get_entity(*keys[h])
+            except ResourceNotFoundError:
+                return h, None
+            return h, codec.suppression_from_props(_props(row), str(row.metadata["etag"]))
+
+        found = await asyncio.gather(*(one(h) for h in keys))
+        return {h: sup for h, sup in found if sup is not None}
+
+    async def claim_emails(
+        self, run_id: str, phase: str, claims: Sequence[tuple[str, EntityName, str, str]]
+    ) -> list[LinkState | None]:
+        """`claim_email` for many (email hash, entity, record id, externalId): one batch insert per partition
+        when none of its addresses is taken yet; otherwise (and for an address named twice) one by one."""
+        out: list[LinkState | None] = [None] * len(claims)
+        groups: dict[str, list[int]] = {}
+        for i, (h, *_) in enumerate(claims):
+            groups.setdefault(_c_partition(run_id, phase, h), []).append(i)
+
+        async def one(i: int) -> None:
+            out[i] = await self.claim_email(run_id, phase, *claims[i])
+
+        async def group(pk: str, indexes: list[int]) -> None:
+            first: dict[str, int] = {}
+            later: list[int] = []
+            for i in indexes:
+                if claims[i][0] in first:
+                    later.append(i)
+                else:
+                    first[claims[i][0]] = i
+            ops: list[Any] = [
+                ("create", {"PartitionKey": pk, "RowKey": h, "entity": claims[i][1], "record_id": claims[i][2],
+                            "x": claims[i][3]})
+                for h, i in first.items()
+            ]  # fmt: skip
+            try:
+                for start in range(0, len(ops), BATCH):
+                    await self.index.submit_transaction(ops[start : start + BATCH])
+            except TableTransactionError:
+                await asyncio.gather(*(one(i) for i in first.values()))
+            for i in later:
+                await one(i)
+
+        await asyncio.gather(*(group(pk, idx) for pk, idx in groups.items()))
+        return out
 
     async def claim_email(
         self, run_id: str, phase: str, email_h: str, entity: EntityName, record_id: str, external_id: str
     ) -> LinkState | None:
         """Take the e-mail address for this record in this run: None when taken (or already held by it), else
         the record that holds it (as a link to its contact)."""
-        pk = f"{run_id}|{phase}|c|{email_h[:2]}"
+        pk = _c_partition(run_id, phase, email_h)
         row = {"PartitionKey": pk, "RowKey": email_h, "entity": entity, "record_id": record_id, "x": external_id}
         try:
             await self.index.create_entity(row)
@@ -312,6 +476,71 @@ class BulkTables:
             for e in entries
         ]
         await asyncio.gather(*(self.status.create_entity(row) for row in rows))
+
+
+def _props(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in row.items() if name not in ("PartitionKey", "RowKey")}
+
+
+async def read_many(table: TableClient, partition: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The rows of `keys` in one partition that exist, by RowKey: queries naming up to `KEYS_PER_QUERY` keys."""
+    wanted = sorted(set(keys))
+
+    async def query(part: Sequence[str]) -> list[Any]:
+        names = {f"k{n}": key for n, key in enumerate(part)}
+        text = " or ".join(f"RowKey eq @{name}" for name in names)
+        return [
+            row
+            async for row in table.query_entities(
+                f"PartitionKey eq @pk and ( {text} )", parameters={"pk": partition, **names}
+            )
+        ]
+
+    parts = [wanted[i : i + KEYS_PER_QUERY] for i in range(0, len(wanted), KEYS_PER_QUERY)]
+    found: dict[str, Any] = {}
+    for rows in await asyncio.gather(*(query(part) for part in parts)):
+        found.update((str(row["RowKey"]), row) for row in rows)
+    return found
+
+
+async def read_keys(table: TableClient, partition: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The rows of `keys` in one partition that exist, by RowKey.
+
+    One range query over the keys' span (rows come back in RowKey order); when the span holds more than
+    `RANGE_SLACK` rows per key, the query stops there and the keys past the rows read are read one by one.
+    """
+    wanted = sorted(set(keys))
+    found: dict[str, Any] = {}
+    if not wanted:
+        return found
+    rest = wanted
+    if len(wanted) > 1:
+        budget = RANGE_SLACK * len(wanted) + RANGE_MIN
+        read, last = 0, None
+        want = set(wanted)
+        complete = True
+        async for row in table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
+            parameters={"pk": partition, "lo": wanted[0], "hi": wanted[-1]},
+            results_per_page=min(1000, budget),
+        ):
+            key = str(row["RowKey"])
+            if key in want:
+                found[key] = row
+            read, last = read + 1, key
+            if read >= budget:
+                complete = False
+                break
+        rest = [] if complete else [k for k in wanted if last is None or k > last]
+
+    async def point(key: str) -> None:
+        try:
+            found[key] = await table.get_entity(partition, key)
+        except ResourceNotFoundError:
+            return
+
+    await asyncio.gather(*(point(k) for k in rest))
+    return found
 
 
 def utc_iso(value: datetime) -> str:

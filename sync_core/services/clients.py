@@ -18,6 +18,7 @@ def spotler_client(settings: Settings) -> SpotlerClient:
         path_prefix=settings.spotler_path_prefix,
         timeout=settings.spotler_timeout_seconds,
         max_attempts=settings.spotler_max_attempts,
+        calls_per_second=settings.spotler_calls_per_second or None,
     )
 
 

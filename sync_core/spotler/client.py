@@ -48,6 +48,7 @@ from sync_core.spotler.errors import (
     error_from_response,
     redact_emails,
 )
+from sync_core.spotler.pacing import TokenBucket
 from sync_core.spotler.signing import OAuth1Signer, SignatureType
 
 logger = logging.getLogger("sync_core.spotler")
@@ -126,6 +127,7 @@ class SpotlerClient:
         naive_timezone: str | tzinfo = "Europe/Amsterdam",
         signature_type: SignatureType = "header",
         signer: OAuth1Signer | None = None,
+        calls_per_second: float | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -150,6 +152,8 @@ class SpotlerClient:
             follow_redirects=False,
         )
         _install_redaction(self._signer)
+        # Every attempt (retries too) waits for a token: calls leave evenly spaced, not in bursts that earn 429s.
+        self.pacer = TokenBucket(calls_per_second) if calls_per_second else None
 
     def __repr__(self) -> str:
         return f"SpotlerClient(base_url={self._base_url!r}, path_prefix={self._prefix!r})"
@@ -294,6 +298,8 @@ class SpotlerClient:
         headers = {"Accept": "application/json", **signed.headers}
         if content is not None:
             headers["Content-Type"] = "application/json"
+        if self.pacer is not None:
+            await self.pacer.acquire()
         started = time.monotonic()
         try:
             response = await self._http.request(method, signed.url, content=content, headers=headers)
@@ -324,6 +330,8 @@ class SpotlerClient:
         backoff = float(self._backoff(state))
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            if self.pacer is not None:
+                self.pacer.pause(min(exc.retry_after, self._max_retry_seconds))
             return max(backoff, min(exc.retry_after, self._max_retry_seconds))
         return backoff
 
