@@ -168,22 +168,6 @@ class StateStore(Protocol):
         """Dead letters, oldest first; with `due_before`, only those whose next_retry is due."""
         ...
 
-    async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
-        """Claim an event's idempotency key for `owner` (a queue message id).
-
-        True when newly claimed, when `owner` already holds it (a redelivery of the same message) or when
-        it was released; False when another owner holds or completed it (a duplicate delivery).
-        """
-        ...
-
-    async def complete_delivery(self, key: str, *, owner: str, now: datetime) -> None:
-        """Mark the claimed key done: later duplicates are recognised."""
-        ...
-
-    async def release_delivery(self, key: str, *, owner: str) -> None:
-        """Give the claim up after a failure so that a retry can claim it again."""
-        ...
-
     async def acquire_lease(
         self, name: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
     ) -> str | None:

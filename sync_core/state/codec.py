@@ -41,10 +41,6 @@ HASHED_KEY_MARK = "~"
 
 WATERMARK_PARTITION = "spotler"
 
-DELIVERY_CLAIMED = "claimed"
-DELIVERY_DONE = "done"
-DELIVERY_RELEASED = "released"
-
 
 # ---------------------------------------------------------------------------------------------- keys
 
@@ -111,11 +107,6 @@ def status_row_key(at: datetime) -> str:
 
 def suppression_keys(email_hash: str) -> tuple[str, str]:
     row = safe_key(email_hash)
-    return row[:2], row
-
-
-def delivery_keys(key: str) -> tuple[str, str]:
-    row = safe_key(key)
     return row[:2], row
 
 
@@ -411,12 +402,6 @@ def lease_is_free(props: Mapping[str, Any], owner: str, now: datetime) -> bool:
     """A lease row can be taken by `owner`: it holds it already, or it has expired."""
     expires = _opt_dt(props, "expires")
     return props.get("owner") == owner or expires is None or expires <= utc(now, "now")
-
-
-def delivery_props(key: str, owner: str, state: str, updated: datetime | None) -> Props:
-    props: Props = {"key": _check_size("key", key), "owner": _check_size("owner", owner), "state": state}
-    _put(props, "updated", updated)
-    return props
 
 
 # ---------------------------------------------------------------------------------------------- record claims

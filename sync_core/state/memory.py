@@ -250,34 +250,6 @@ class InMemoryStateStore:
 
     # ------------------------------------------------------------------------------------------ deliveries
 
-    async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
-        partition, row = codec.delivery_keys(key)
-        claimed = codec.delivery_props(key, owner, codec.DELIVERY_CLAIMED, now)
-        current = self._deliveries.get(partition, row)
-        if current is None:
-            self._deliveries.create(partition, row, claimed)
-            return True
-        state = current.props.get("state")
-        if state == codec.DELIVERY_CLAIMED:
-            return current.props.get("owner") == owner
-        if state != codec.DELIVERY_RELEASED:
-            return False
-        return self._deliveries.replace_if(partition, row, claimed, current.etag) is not None
-
-    async def complete_delivery(self, key: str, *, owner: str, now: datetime) -> None:
-        partition, row = codec.delivery_keys(key)
-        self._deliveries.upsert(partition, row, codec.delivery_props(key, owner, codec.DELIVERY_DONE, now))
-
-    async def release_delivery(self, key: str, *, owner: str) -> None:
-        partition, row = codec.delivery_keys(key)
-        current = self._deliveries.get(partition, row)
-        if current is None or current.props.get("state") != codec.DELIVERY_CLAIMED:
-            return
-        if current.props.get("owner") != owner:
-            return
-        released = codec.delivery_props(key, owner, codec.DELIVERY_RELEASED, current.props.get("updated"))
-        self._deliveries.replace_if(partition, row, released, current.etag)
-
     # ------------------------------------------------------------------------------------------ leases
 
     async def acquire_lease(

@@ -455,49 +455,6 @@ class TableStateStore:
             return _result_etag(result)
         return None
 
-    async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
-        await self._ensure()
-        partition, row = codec.delivery_keys(key)
-
-        def decide(current: TableEntity) -> Takeover:
-            state = current.get("state")
-            if state == codec.DELIVERY_CLAIMED:
-                return "keep" if current.get("owner") == owner else "refuse"
-            return "take" if state == codec.DELIVERY_RELEASED else "refuse"
-
-        claimed = codec.delivery_props(key, owner, codec.DELIVERY_CLAIMED, now)
-        return await self._insert_or_take(partition, row, claimed, decide) is not None
-
-    async def complete_delivery(self, key: str, *, owner: str, now: datetime) -> None:
-        await self._ensure()
-        partition, row = codec.delivery_keys(key)
-        done = _to_entity(partition, row, codec.delivery_props(key, owner, codec.DELIVERY_DONE, now))
-        await self._deliveries.upsert_entity(done, mode=UpdateMode.REPLACE)
-
-    async def release_delivery(self, key: str, *, owner: str) -> None:
-        await self._ensure()
-        partition, row = codec.delivery_keys(key)
-        current = await self._get(self._deliveries, partition, row)
-        if current is None or current.get("state") != codec.DELIVERY_CLAIMED or current.get("owner") != owner:
-            return
-        updated = current.get("updated")
-        released = _to_entity(
-            partition,
-            row,
-            codec.delivery_props(
-                key, owner, codec.DELIVERY_RELEASED, None if updated is None else codec.utc(updated, "updated")
-            ),
-        )
-        try:
-            await self._deliveries.update_entity(
-                released,
-                mode=UpdateMode.REPLACE,
-                etag=_etag(current),
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            logger.info("delivery claim changed while it was being released; left as it is")
-
     # ------------------------------------------------------------------------------------------ leases
 
     async def acquire_lease(

@@ -436,38 +436,6 @@ async def test_dead_letter_with_an_oversized_event_is_rejected(store: StateStore
 # ------------------------------------------------------------------------------------------------ deliveries
 
 
-async def test_delivery_claims(store: StateStore) -> None:
-    key = "contact:6f1c2a9e:v42"
-    assert await store.claim_delivery(key, owner="msg-1", now=T0) is True
-    assert await store.claim_delivery(key, owner="msg-2", now=T0) is False  # a duplicate delivery
-    assert await store.claim_delivery(key, owner="msg-1", now=T0) is True  # a redelivery of the same message
-
-    await store.release_delivery(key, owner="msg-2")  # not the holder: no effect
-    assert await store.claim_delivery(key, owner="msg-2", now=T0) is False
-
-    await store.release_delivery(key, owner="msg-1")
-    assert await store.claim_delivery(key, owner="msg-2", now=T0) is True  # released: a retry takes it
-    assert await store.claim_delivery(key, owner="msg-1", now=T0) is False
-
-    await store.complete_delivery(key, owner="msg-2", now=T0 + timedelta(seconds=3))
-    assert await store.claim_delivery(key, owner="msg-3", now=T0) is False
-    assert await store.claim_delivery(key, owner="msg-2", now=T0) is False  # done stays done
-    await store.release_delivery(key, owner="msg-2")  # releasing a completed key changes nothing
-    assert await store.claim_delivery(key, owner="msg-3", now=T0) is False
-
-    assert await store.claim_delivery("contact/odd#key?", owner="msg-9", now=T0) is True
-
-
-async def test_concurrent_claims_exactly_one_wins(store: StateStore) -> None:
-    outcomes = await asyncio.gather(*(store.claim_delivery("lead:1:v1", owner=f"msg-{n}", now=T0) for n in range(5)))
-    assert sorted(outcomes) == [False, False, False, False, True]
-
-    winner = f"msg-{outcomes.index(True)}"
-    await store.release_delivery("lead:1:v1", owner=winner)
-    retakes = await asyncio.gather(*(store.claim_delivery("lead:1:v1", owner=f"retry-{n}", now=T0) for n in range(3)))
-    assert sorted(retakes) == [False, False, True]
-
-
 async def test_leases_are_exclusive_until_released_or_expired(store: StateStore) -> None:
     ttl = timedelta(minutes=5)
     name = "record/contact/odd#id?"

@@ -528,10 +528,6 @@ class YieldingStateStore(InMemoryStateStore):
         await asyncio.sleep(0)
         return await super().save_watermark(watermark)
 
-    async def claim_delivery(self, key: str, *, owner: str, now: datetime) -> bool:
-        await asyncio.sleep(0)
-        return await super().claim_delivery(key, owner=owner, now=now)
-
     async def acquire_lease(
         self, name: str, *, owner: str, now: datetime, ttl: timedelta, existing: bool = False
     ) -> str | None:
