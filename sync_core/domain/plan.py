@@ -77,6 +77,8 @@ class PushInput:
     merged_into: str | None = None
     master_attributes: Mapping[str, AttrValue] | None = None
     moved: bool = False  # the record's new address moved it onto the existing contact `spotler`
+    # Other records whose last synced address is this record's (looked up only when no contact exists for it).
+    address_peers: Sequence[LinkState] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,13 @@ def _joins_existing_contact(inp: PushInput) -> bool:
     """Does this change link the record to a Spotler contact it did not speak for before?"""
     if inp.moved:
         return True
+    if inp.link is None and inp.spotler is None and inp.email_match is None:
+        # A new contact for a person another live record of the address already speaks for in Dynamics (its
+        # contact went with another address): the person's choice lives on that record, a new row is no opt-in.
+        return any(
+            not p.anonymized and p.in_scope and (p.entity, p.record_id) != (inp.entity, inp.record_id)
+            for p in inp.address_peers
+        )
     return inp.link is None and inp.spotler is None and inp.email_match is not None
 
 

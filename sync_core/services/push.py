@@ -341,6 +341,11 @@ class PushService:
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id, base={}), holder
                 moved = True
         suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
+        address_peers: list[LinkState] = []
+        if link is None and spotler is None and email_match is None and email is not None:
+            # No contact holds the address: a live record of it may still be linked to a contact that went with
+            # another address; the person is not new then (plan: no bit on without an opt-in).
+            address_peers = await self._state.links_for_email_hash(email_hash(self._options.hash_key, email))
         own_id = event.record_id
         target_id = link.external_id if link is not None else (email_match.external_id if email_match else own_id)
         peers = await self._peers(event.entity, event.record_id, target_id)
@@ -366,6 +371,7 @@ class PushService:
                 merged_into=event.merged_into,
                 master_attributes=master,
                 moved=moved,
+                address_peers=address_peers,
             ),
             mapping,
             self._options,

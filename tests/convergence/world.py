@@ -488,7 +488,12 @@ class World:
         if contact is None:
             return False
         self.sp.profile_edit(contact["externalId"], opt_out=True)
-        self.ledger.block(norm(contact["properties"]["email"]), f"global opt-out in Spotler for slot {op.slot}")
+        # A global opt-out is a tombstone keyed by the address the contact holds (docs/identity.md): the connector
+        # writes nothing to the opted-out contact, so it does not follow a record to a fresh address, and the
+        # ledger's entry stays with the address too (the record itself carries Do Not Bulk Email from the pull).
+        self.ledger.block(
+            norm(contact["properties"]["email"]), f"global opt-out in Spotler for slot {op.slot}", suppress=True
+        )
         return True
 
     # ------------------------------------------------------------------ the network and the connector

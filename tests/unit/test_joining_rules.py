@@ -161,3 +161,41 @@ def test_a_peer_that_moved_to_another_address_keeps_no_shared_contact_for_the_pe
     assert plan.action is PushAction.ANONYMIZE
     assert plan.suppress is not None
     assert plan.suppress.email_hash == hashed(GRACE)
+
+
+def test_a_new_record_of_an_address_another_live_record_speaks_for_creates_its_contact_with_bits_off() -> None:
+    """The other record (Do Not Bulk Email ticked) is linked to a contact that went with another address: no
+    contact holds the address, but the person is known, and a new row with the default flags is no opt-in."""
+    silent = LinkState("lead", "l-7", "c-elsewhere", email_hash=hashed(GRACE), base={})
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, firstname="Grace", lastname="Hopper"),
+            kind=ChangeKind.CREATE,
+            record_id="c-new",
+            address_peers=(silent,),
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.action is PushAction.CREATE
+    assert plan.contact is not None
+    assert plan.contact.permissions.get(1) is not True
+    assert plan.link is not None
+    assert plan.link.unsubscribed  # held until Dynamics records a new opt-in
+
+
+def test_a_new_record_of_an_address_no_live_record_speaks_for_creates_its_contact_with_bits_on() -> None:
+    gone = LinkState("lead", "l-7", "c-elsewhere", email_hash=hashed(GRACE), base={}, anonymized=True)
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, firstname="Grace", lastname="Hopper"),
+            kind=ChangeKind.CREATE,
+            record_id="c-new",
+            address_peers=(gone,),
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.action is PushAction.CREATE
+    assert plan.contact is not None
+    assert plan.contact.permissions == {1: True}
