@@ -53,11 +53,19 @@ from sync_core.domain.mapping import EntityMapping, MappingConfig
 from sync_core.domain.plan import PushAction, PushInput, PushOptions, PushPlan, plan_push
 from sync_core.domain.ports import ConcurrencyConflict, SpotlerGateway, StateStore
 from sync_core.domain.reasons import ReasonCode
-from sync_core.domain.records import ENTITY_NAMES, ChangeKind, EntityName, RowUpdate, SpotlerContact
+from sync_core.domain.records import (
+    ENTITY_NAMES,
+    ChangeEvent,
+    ChangeKind,
+    EntityName,
+    EventSource,
+    RowUpdate,
+    SpotlerContact,
+)
 from sync_core.domain.state_model import LinkState, StatusEntry, Suppression
 from sync_core.services.bulk_tables import BulkTables
 from sync_core.services.leases import lease_name
-from sync_core.services.push import NO_STATUS_COLUMNS, StatusColumns
+from sync_core.services.push import NO_STATUS_COLUMNS, PushService, StatusColumns, other_address
 from sync_core.services.runs import RunHistory, bulk_run
 from sync_core.state.queue import EventQueue, MessageTooLarge
 
@@ -108,6 +116,9 @@ class _Planned:
     current: SpotlerContact | None
     email: str | None
     previous: ReasonCode | None = None
+    # The record's identity needs the live push's look-ups by address (its linked contact is gone, anonymized
+    # while another contact may hold the address, or holds another address): the write goes through its rules.
+    live: bool = False
 
 
 class BulkEngine:
@@ -127,7 +138,9 @@ class BulkEngine:
         clock: Callable[[], datetime],
         status_columns: StatusColumns = NO_STATUS_COLUMNS,
         history: RunHistory | None = None,
+        live: PushService | None = None,
     ) -> None:
+        self._live = live
         self._status_columns = status_columns
         self._history = history
         self.tables = tables
@@ -563,13 +576,24 @@ class BulkEngine:
             self._options,
         )
         current = spotler if spotler is not None else email_match
-        return _Planned(entity, row, plan, current, email, link.reason if link is not None else None)
+        live = (
+            self._live is not None
+            and link is not None
+            and email is not None
+            and attrs is not None
+            and (spotler is None or other_address(link, spotler, email, dict(attrs)))
+        )
+        return _Planned(entity, row, plan, current, email, link.reason if link is not None else None, live=live)
 
     async def _apply(self, entity: EntityName, planned: list[_Planned]) -> Impact:
         """Write one work item: one bulk insert, anonymizations, tombstones, links and statuses."""
         impact = Impact()
         now = self._clock()
         # Creates, updates and unsubscribes (permission bits only) all go in the one bulk insert (update=true).
+        handed = [p for p in planned if p.live]
+        planned = [p for p in planned if not p.live]
+        for p in handed:
+            await self._apply_live(p, impact)
         writes = [p for p in planned if p.plan.action in _BULK_WRITES and p.plan.contact]
         writing = {id(p) for p in writes}
         results: dict[str, tuple[str, str]] = {}
@@ -618,6 +642,27 @@ class BulkEngine:
         await self.tables.append_statuses(statuses)
         await self._write_status_columns(entity, planned, statuses)
         return impact
+
+    async def _apply_live(self, p: _Planned, impact: Impact) -> None:
+        """Write one record through the live push's rules (the item holds its lease), counted by their outcome."""
+        assert self._live is not None
+        assert p.row.attributes is not None
+        event = ChangeEvent(
+            entity=p.entity,
+            record_id=p.row.record_id,
+            kind=ChangeKind.UPDATE,
+            attributes=p.row.attributes,
+            changed=frozenset(),
+            idempotency_key=f"bulk:{p.entity}:{p.row.record_id}:{p.row.version}",
+            source=EventSource.BACKFILL,
+            version=p.row.version,
+            modified_on=datetime.fromisoformat(p.row.modified_on) if p.row.modified_on else None,
+        )
+        outcome = await self._live.apply_found(event, note="written by a bulk run through the live rules")
+        if outcome.action in ("create", "update", "anonymize", "unsubscribe"):
+            impact.spotler_writes += 1
+        impact.add(p.entity, p.row.record_id, outcome.action, outcome.reason or p.plan.reason,
+                   mass=is_mass_change(p.plan, p.current))  # fmt: skip
 
     async def _write_status_columns(
         self, entity: EntityName, planned: Sequence[_Planned], statuses: Sequence[StatusEntry]

@@ -46,6 +46,7 @@ def build_bulk_engine(runtime: Runtime, *, advance_poll_seconds: int = 1) -> Bul
         clock=runtime.clock,
         history=runtime.reports,
         status_columns=status_columns(settings),
+        live=runtime.push,
     )
 
 

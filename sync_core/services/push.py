@@ -331,7 +331,7 @@ class PushService:
             link is not None
             and spotler is not None
             and email is not None
-            and _other_address(link, spotler, email, attrs)
+            and other_address(link, spotler, email, attrs)
         ):
             # The record's address changed to one another contact already holds, or its contact was anonymized
             # while another contact took the address: the person is that contact now (never a second one).
@@ -649,7 +649,7 @@ class PushService:
             await self._record_status(event, reason, "dead_lettered", detail, link.external_id if link else None, now)
 
 
-def _other_address(link: LinkState, contact: SpotlerContact, email: str, attrs: dict[str, AttrValue] | None) -> bool:
+def other_address(link: LinkState, contact: SpotlerContact, email: str, attrs: dict[str, AttrValue] | None) -> bool:
     """Does the record's address differ from the one its linked contact holds (a live record only, for a contact
     that holds none: an anonymized contact is looked past only by a record that may come back to life)?"""
     if contact.email is not None:
