@@ -251,3 +251,32 @@ def test_the_pull_goes_on_for_the_records_own_address_or_a_record_in_scope(held:
     got = pulled(held, in_scope=in_scope, reason=ReasonCode.SYNCED)
     assert not got.skipped
     assert got.changes == {"jobtitle": "Engineer", "donotbulkemail": True}
+
+
+# --- a peer that moved to another address keeps nothing for this person -------------------------------------------
+
+
+@pytest.mark.parametrize(("attrs", "kind", "reason", "what", "cause", "anonymized"), LEAVING)
+def test_a_peer_that_moved_to_another_address_does_not_keep_the_contact(
+    attrs: Any, kind: ChangeKind, reason: ReasonCode, what: str, cause: SuppressionCause, anonymized: bool
+) -> None:
+    got = run(attrs, kind, spotler=contact(ADA), peers=[peer(BOB)])
+    assert got.action is PushAction.ANONYMIZE
+    assert got.suppress is not None
+    assert got.suppress.email_hash == hashed(ADA)
+
+
+@pytest.mark.parametrize(("attrs", "kind", "reason", "what", "cause", "anonymized"), LEAVING)
+def test_a_peer_of_the_same_address_keeps_the_contact(
+    attrs: Any, kind: ChangeKind, reason: ReasonCode, what: str, cause: SuppressionCause, anonymized: bool
+) -> None:
+    got = run(attrs, kind, spotler=contact(ADA), peers=[peer(ADA)])
+    assert got.action is PushAction.NONE
+    assert got.detail.endswith("Spotler contact kept for lead l-1")
+    assert got.suppress is None
+
+
+@pytest.mark.parametrize("spotler", [contact(ADA), None], ids=["contact", "contact-gone"])
+def test_a_delete_tombstones_the_linked_address_before_the_pre_image(spotler: SpotlerContact | None) -> None:
+    got = run(person(emailaddress1=BOB), ChangeKind.DELETE, spotler=spotler)
+    assert got.suppress == Suppression(hashed(ADA), SuppressionCause.ANONYMIZED, "contact", "c-1", NOW)
