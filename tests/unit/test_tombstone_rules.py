@@ -17,7 +17,7 @@ from sync_core.domain.plan import PushAction, PushPlan, plan_push
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.records import ChangeKind, DataverseRow, SpotlerContact
 from sync_core.domain.state_model import LinkState, Suppression, SuppressionCause
-from tests.unit.domain_builders import T0, entity_mapping, hashed, options, person, push_input
+from tests.unit.domain_builders import T0, entity_mapping, hashed, options, person, push_input, synced
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"
@@ -280,3 +280,44 @@ def test_a_peer_of_the_same_address_keeps_the_contact(
 def test_a_delete_tombstones_the_linked_address_before_the_pre_image(spotler: SpotlerContact | None) -> None:
     got = run(person(emailaddress1=BOB), ChangeKind.DELETE, spotler=spotler)
     assert got.suppress == Suppression(hashed(ADA), SuppressionCause.ANONYMIZED, "contact", "c-1", NOW)
+
+
+# --- a record that follows a shared contact ----------------------------------------------------------------------
+
+OWNER = LinkState("contact", "c-0", "sp-1", email_hash=hashed(ADA))
+
+
+def followed(**kw: Any) -> PushPlan:
+    return plan_push(push_input(person(), peers=[OWNER], **kw), entity_mapping(), options())
+
+
+def test_a_record_that_joins_a_contact_another_record_speaks_for_follows_it_unsubscribed() -> None:
+    got = followed(email_match=contact(ADA))
+    detail = "shares its Spotler contact with contact c-0, which takes precedence"
+    assert (got.action, got.reason, got.detail, got.external_id) == (PushAction.NONE, ReasonCode.SYNCED, detail, "sp-1")
+    assert got.link is not None
+    assert (got.link.unsubscribed, got.link.in_scope, got.link.anonymized) == (True, True, False)
+    assert got.link.email_hash == hashed(ADA)
+
+
+@pytest.mark.parametrize("unsubscribed", [False, True])
+def test_a_linked_follower_keeps_its_own_unsubscribed_flag(unsubscribed: bool) -> None:
+    got = followed(link=link(unsubscribed=unsubscribed), spotler=contact(ADA))
+    assert got.link is not None
+    assert got.link.unsubscribed is unsubscribed
+
+
+# --- a contact anonymized under a linked record ----------------------------------------------------------------
+
+
+def test_an_opt_in_on_a_contact_anonymized_meanwhile_writes_every_value_again() -> None:
+    agreed, _ = synced(person())
+    erased = SpotlerContact("c-1", {}, {1: False, 2: False}, channels={"EMAIL": False})
+    got = plan_push(
+        push_input(person(), link=agreed, spotler=erased, changed={"donotbulkemail"}), entity_mapping(), options()
+    )
+    assert got.action is PushAction.UPDATE
+    assert got.contact is not None
+    assert {"email": ADA, "jobTitle": "Analyst", "firstName": "Ada"}.items() <= got.contact.properties.items()
+    assert got.link is not None
+    assert got.link.base["jobTitle"] == agreed.base["jobTitle"]
