@@ -37,7 +37,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-@pytest.mark.parametrize("value", VALUES, ids=repr)
+@pytest.mark.parametrize("value", VALUES, ids=[f"{type(v).__name__}-{n}" for n, v in enumerate(VALUES)])
 def test_hasher_gives_the_answer_of_value_hash(fresh: dict[bytes, Any], value: Any) -> None:
     key = b"memo-key-answers"
     bound = hasher(key)
