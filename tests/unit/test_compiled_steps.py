@@ -10,7 +10,12 @@ import pytest
 
 from sync_core.domain import plan
 from sync_core.domain.mapping import EntityMapping
-from tests.unit.domain_builders import options
+from sync_core.domain.plan import PushAction, plan_push
+from sync_core.domain.records import SpotlerContact
+from sync_core.domain.state_model import LinkState
+from tests.unit.domain_builders import options, push_input
+
+ADA = "ada@example.com"
 
 FIELDS = [
     {"dataverse": "firstname", "spotler": "firstName", "direction": "both"},
@@ -64,3 +69,38 @@ def test_the_memo_starts_over_when_it_is_full(memo: dict[Any, Any], monkeypatch:
     for m in kept:
         plan._compiled(m, options())
     assert len(memo) == 1
+
+
+# --- the short way for text gives what the long way gives ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("held", "value", "sent"),
+    [
+        (7, None, None),  # a number Spotler holds is cleared by a blank (with the purge policy)
+        (7, "Ada", "Ada"),
+        ("  ", None, "nothing"),  # blank on both sides: nothing to send
+        (None, None, "nothing"),
+        (None, 42, "42"),  # a number in a text column is sent as its text
+        ("Ada", None, None),
+        ("Ada", " Ada ", "nothing"),
+    ],
+)
+def test_a_text_field_is_sent_only_when_it_differs(held: Any, value: Any, sent: Any) -> None:
+    props: dict[str, Any] = {"email": ADA} if held is None else {"email": ADA, "firstName": held}
+    got = plan_push(
+        push_input(
+            {"emailaddress1": ADA, "firstname": value, "statecode": 0},
+            link=LinkState("contact", "c-1", "c-1"),
+            spotler=SpotlerContact("c-1", props, {}),
+        ),
+        mapping(),
+        options(purge_when_not_set=True),
+    )
+    if sent == "nothing":
+        assert (got.action, got.contact) == (PushAction.NONE, None)
+        return
+    assert got.action is PushAction.UPDATE
+    assert got.contact is not None
+    assert got.contact.properties.get("firstName") == sent
+    assert ("firstName" in got.contact.properties) is (sent is not None)
