@@ -6,6 +6,7 @@ Every plan is checked whole: the action, reason and detail, the link left behind
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -321,3 +322,15 @@ def test_an_opt_in_on_a_contact_anonymized_meanwhile_writes_every_value_again() 
     assert {"email": ADA, "jobTitle": "Analyst", "firstName": "Ada"}.items() <= got.contact.properties.items()
     assert got.link is not None
     assert got.link.base["jobTitle"] == agreed.base["jobTitle"]
+    assert (got.link.dv_version, got.link.dv_modified_on) == (1, T0)  # the link goes on, what it agreed on does not
+
+
+def test_an_opt_in_on_an_anonymized_link_starts_from_a_fresh_base_even_when_the_contact_is_there() -> None:
+    agreed, held = synced(person())
+    gone = dataclasses.replace(agreed, anonymized=True, base={**agreed.base, "oldProperty": "stale"})
+    got = plan_push(
+        push_input(person(), link=gone, spotler=held, changed={"donotbulkemail"}), entity_mapping(), options()
+    )
+    assert got.link is not None
+    assert "oldProperty" not in got.link.base
+    assert not got.link.anonymized
