@@ -104,3 +104,36 @@ def test_a_text_field_is_sent_only_when_it_differs(held: Any, value: Any, sent: 
     assert got.contact is not None
     assert got.contact.properties.get("firstName") == sent
     assert ("firstName" in got.contact.properties) is (sent is not None)
+
+
+def test_a_blank_kept_for_spotler_does_not_stop_the_fields_after_it() -> None:
+    counted_first = EntityMapping.model_validate({"fields": [FIELDS[4], FIELDS[1], FIELDS[0]]})
+    got = plan_push(
+        push_input(
+            {"emailaddress1": ADA, "new_count": None, "firstname": "Ada", "statecode": 0},
+            link=LinkState("contact", "c-1", "c-1"),
+            spotler=SpotlerContact("c-1", {"email": ADA, "count": 3}, {}),
+        ),
+        counted_first,
+        options(),
+    )
+    assert got.contact is not None
+    assert got.contact.properties == {"firstName": "Ada"}
+
+
+def test_a_contact_created_again_for_an_unsubscribed_record_keeps_its_subscriptions_off() -> None:
+    with_bits = EntityMapping.model_validate(
+        {"fields": FIELDS[:2], "permissions": [{"bit": 2, "dataverse": "new_newsletter", "direction": "both"}]}
+    )
+    got = plan_push(
+        push_input(
+            {"emailaddress1": ADA, "firstname": "Ada", "new_newsletter": True, "statecode": 0},
+            link=LinkState("contact", "c-1", "c-1", unsubscribed=True),
+        ),
+        with_bits,
+        options(),
+    )
+    assert got.action is PushAction.CREATE
+    assert got.contact is not None
+    assert got.contact.permissions == {}
+    assert got.detail.endswith("subscriptions stay off until a new opt-in in Dynamics")
