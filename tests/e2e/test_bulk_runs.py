@@ -169,6 +169,33 @@ async def test_resync_one_record_repairs_a_hand_edit_in_spotler(connector: Conne
     assert contact["properties"]["jobTitle"] == row["jobtitle"]
 
 
+async def test_resync_of_a_record_whose_contact_was_anonymized_joins_the_contact_that_holds_its_address(
+    connector: Connector,
+) -> None:
+    crm = load_crm(connector.dataverse.sandbox, connector.spotler.store, 40)
+    assert (await run(connector, "backfill"))["phase"] == "done"
+    record = next(r for e, r in sorted(crm.eligible) if e == "contact" and not r.startswith("imported"))
+    link = await get_runtime().state.get_link("contact", record)
+    assert link is not None
+    store = connector.spotler.store
+    before = store.contact(link.external_id)
+    assert before is not None
+    address = before["properties"]["email"]
+    # The contact was anonymized in Spotler, and the person signed up again through a form: a new contact holds
+    # the address now. Writing the record's address onto the anonymized contact would make it two contacts.
+    store.anonymize(link.external_id)
+    store.seed([{"externalId": "form-signup", "properties": {"email": address}}])
+
+    summary = await run(connector, "resync", {"table": "contact", "id": record})
+
+    assert summary["apply"]["records"] == 1
+    holders = [c for c in store.contacts() if (c["properties"].get("email") or "").casefold() == address.casefold()]
+    assert [c["externalId"] for c in holders] == ["form-signup"]
+    moved = await get_runtime().state.get_link("contact", record)
+    assert moved is not None
+    assert moved.external_id == "form-signup"
+
+
 async def test_bad_bulk_requests_get_a_400_and_start_nothing(connector: Connector) -> None:
     async with httpx.AsyncClient() as http:
         for body in ({"table": "invoice"}, {"id": "x"}, [1]):
