@@ -431,7 +431,7 @@ class PushService:
         peers = await self._peers(event.entity, event.record_id, contact.external_id)
         others = live_peers(peers)
         departure = plan_departure(contact, others, mapping, self._options)
-        if departure.action is PushAction.UNSUBSCRIBE and departure.contact is not None:
+        if departure.contact is not None:  # only an unsubscribe carries a contact: the bits to turn off
             await self._spotler.update_contact(departure.contact, purge=False)
         elif departure.action is PushAction.ANONYMIZE:
             await self._spotler.anonymize_contact(contact.external_id)

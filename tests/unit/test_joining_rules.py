@@ -199,3 +199,13 @@ def test_a_new_record_of_an_address_no_live_record_speaks_for_creates_its_contac
     assert plan.action is PushAction.CREATE
     assert plan.contact is not None
     assert plan.contact.permissions == {1: True}
+
+
+def test_a_record_whose_own_contact_exists_without_a_link_does_not_join_it() -> None:
+    # A crash between the Spotler write and the link save leaves the record's own contact without a link: the
+    # record speaks for that contact already, so nothing is held.
+    own = SpotlerContact("c-1", {"email": "ada@example.com", "firstName": "Ada"}, {1: True}, channels={"EMAIL": True})
+    plan = plan_push(push_input(person(), changed={"firstname"}, link=None, spotler=own), CONTACT, options())
+    assert plan.link is not None
+    assert plan.link.external_id == "c-1"
+    assert plan.link.unsubscribed is False
