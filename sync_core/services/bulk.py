@@ -552,11 +552,7 @@ class BulkEngine:
         target = link.external_id if link else (email_match.external_id if email_match else external_id)
         peers: list[LinkState] = []
         if link is not None or spotler is not None or email_match is not None:
-            peers = [
-                p
-                for p in await self._state.links_for_external_id(target)
-                if (p.entity, p.record_id) != (entity, row.record_id)
-            ]
+            peers = await self._state.links_for_external_id(target, exclude=(entity, row.record_id))
         plan = plan_push(
             PushInput(
                 entity=entity,
