@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from azure.core.exceptions import AzureError, ServiceRequestError
 from rich.console import Console
 
 from sync_core.settings import Settings, SettingsError, load_settings, settings_environ
@@ -86,3 +87,19 @@ def run() -> None:
         app()
     except SettingsError as exc:
         raise SystemExit(fail(str(exc)).exit_code) from None
+    except AzureError as exc:
+        raise SystemExit(fail(service_error_message(exc)).exit_code) from None
+
+
+def service_error_message(exc: AzureError) -> str:
+    """One line for a storage or Azure SDK failure the command cannot go on after (no traceback, no secret)."""
+    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    if "not supported by Azurite" in first:
+        return (
+            "Azurite does not accept this storage SDK's API version: start it with --skipApiVersionCheck "
+            "(npx azurite --silent --inMemoryPersistence --disableTelemetry --skipApiVersionCheck)"
+        )
+    if isinstance(exc, ServiceRequestError):
+        return f"storage is not reachable ({type(exc).__name__}): is Azurite or the storage account up? {first}"
+    return f"storage or Azure call failed ({type(exc).__name__}): {first}"

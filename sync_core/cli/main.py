@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sync_core.cli import bulk_cmds  # noqa: F401
+from sync_core.cli import (
+    bulk_cmds,  # noqa: F401
+    ops_cmds,  # noqa: F401
+)
 from sync_core.cli.app import app, run
 
 # Command groups register themselves on `app` when imported; add one import per group module here.

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from sync_core.domain.mapping import MappingConfig
 from sync_core.domain.ports import SpotlerGateway, StateStore
 from sync_core.domain.records import ENTITY_NAMES
@@ -127,7 +129,12 @@ class HealthChecker:
         if self.queue is None:
             return Check("queue", "healthy", "no queue to check")
         now = self.clock()
-        backlog = await self.queue.count()
+        try:
+            backlog = await self.queue.count()
+        except ResourceNotFoundError:
+            # Locally nothing has created it yet (in Azure the infrastructure does): the first accepted webhook will.
+            detail = "the event queue does not exist yet; the first accepted webhook creates it"
+            return Check("queue", "degraded", detail, {"backlog": 0, "missing": True})
         oldest = await self.queue.oldest_age(now)
         data: dict[str, Any] = {"backlog": backlog, "oldestSeconds": None if oldest is None else round(oldest)}
         status: Verdict = "healthy"
@@ -135,7 +142,10 @@ class HealthChecker:
         if oldest is not None and oldest > self.pull_interval.total_seconds():
             status, detail = "degraded", f"the oldest queued change waits {round(oldest)} s"
         if self.poison is not None:
-            poisoned = await self.poison.count()
+            try:
+                poisoned = await self.poison.count()
+            except ResourceNotFoundError:
+                poisoned = 0  # no message was ever poisoned: the host creates the poison queue with the first
             data["poison"] = poisoned
             if poisoned:
                 status, detail = "degraded", f"{poisoned} message(s) in the poison queue"

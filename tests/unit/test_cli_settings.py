@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
 from typer.testing import CliRunner
 
+from sync_core.cli import app as cli_app
+from sync_core.cli.app import service_error_message
 from sync_core.cli.main import app
 from sync_core.settings import SettingsError, settings_environ
 
@@ -39,3 +42,30 @@ def test_help_lists_the_settings_option() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "--settings" in result.output
+
+
+def test_a_storage_failure_ends_the_command_in_one_line_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    version = HttpResponseError(
+        message="The API version 2026-10-06 is not supported by Azurite. Please upgrade Azurite to latest version.\n"
+        "RequestId:1\nTime:2026-12-01T07:57:37.913Z"
+    )
+    assert "--skipApiVersionCheck" in service_error_message(version)
+    assert service_error_message(ServiceRequestError("Cannot connect to host 127.0.0.1:1")).startswith(
+        "storage is not reachable (ServiceRequestError)"
+    )
+    assert service_error_message(ResourceNotFoundError("The table specified does not exist.\nRequestId:2")) == (
+        "storage or Azure call failed (ResourceNotFoundError): The table specified does not exist."
+    )
+
+    def refused() -> None:
+        raise version
+
+    monkeypatch.setattr(cli_app, "app", refused)
+    with pytest.raises(SystemExit) as exited:
+        cli_app.run()
+    assert exited.value.code == 1
+    printed = capsys.readouterr().err
+    assert "skipApiVersionCheck" in printed
+    assert "Traceback" not in printed

@@ -294,3 +294,28 @@ def test_configuring_application_insights_traces_no_http_client_urls(monkeypatch
     assert {name for name, opt in disabled.items() if opt == {"enabled": False}} >= {"httpx", "requests", "urllib3"}
     assert type(options["credential"]).__name__ == "ManagedIdentityCredential"
     assert telemetry.current().enabled
+
+
+class QueueNotCreatedYet(InMemoryEventQueue):
+    """A queue nothing has created yet, as on a fresh Azurite before the first webhook: every call is a 404."""
+
+    async def count(self) -> int:
+        raise ResourceNotFoundError("The specified queue does not exist.")
+
+
+async def test_an_event_queue_not_created_yet_is_degraded_with_a_reason_not_a_failure() -> None:
+    report = await checker(World(), queue=QueueNotCreatedYet("events")).run()
+    queue = {c.name: c for c in report.checks}["queue"]
+    assert (queue.status, queue.detail) == (
+        "degraded",
+        "the event queue does not exist yet; the first accepted webhook creates it",
+    )
+    assert report.status == "degraded"
+
+
+async def test_a_poison_queue_not_created_yet_counts_as_empty() -> None:
+    events = InMemoryEventQueue("events")
+    await events.send("m")
+    report = await checker(World(), queue=events, poison=QueueNotCreatedYet("events-poison")).run()
+    queue = {c.name: c for c in report.checks}["queue"]
+    assert (queue.status, queue.data["backlog"], queue.data["poison"]) == ("healthy", 1, 0)
