@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,28 +19,22 @@ from rich.table import Table
 from sync_core.cli.app import EXIT_FAILED, EXIT_REFUSED, app, context, fail
 from sync_core.domain.records import as_entity
 from sync_core.services.operations import health_details
-from sync_core.services.runtime import build_runtime
+from sync_core.services.runtime import Runtime, build_runtime
 from sync_core.services.status import record_status_view
 from sync_core.settings import Settings
 
 out = Console()
+T = TypeVar("T")
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the answer as JSON, as the route serves it.")]
 _STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "bold red"}
 
 
-async def _status(settings: Settings, entity: Any, record_id: str) -> dict[str, Any] | None:
+async def _with_runtime(settings: Settings, read: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run one read against the real adapters and close them again."""
     runtime = build_runtime(settings)
     try:
-        return await record_status_view(runtime.state, entity, record_id)
-    finally:
-        await runtime.aclose()
-
-
-async def _health(settings: Settings) -> tuple[int, dict[str, Any]]:
-    runtime = build_runtime(settings)
-    try:
-        return await health_details(runtime)
+        return await read(runtime)
     finally:
         await runtime.aclose()
 
@@ -55,7 +50,8 @@ def status(
     chosen = as_entity(entity)
     if chosen is None:
         raise fail(f"unknown table {entity!r}; use contact, lead or account", EXIT_REFUSED)
-    view = asyncio.run(_status(context(ctx).settings(), chosen, record_id.strip().lower()))
+    record_id = record_id.strip().lower()
+    view = asyncio.run(_with_runtime(context(ctx).settings(), lambda r: record_status_view(r.state, chosen, record_id)))
     if view is None:
         raise fail(f"no Spotler status for {chosen} {record_id}: the connector has not seen this record", EXIT_REFUSED)
     if as_json:
@@ -81,7 +77,7 @@ def status(
 @app.command("health")
 def health(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Every health check (storage, queues, Spotler, Dataverse, the mapping, the watermark, dead letters)."""
-    code, body = asyncio.run(_health(context(ctx).settings()))
+    code, body = asyncio.run(_with_runtime(context(ctx).settings(), health_details))
     if as_json:
         out.print_json(json.dumps(body))
     else:
