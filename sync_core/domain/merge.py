@@ -128,7 +128,7 @@ def plan_pull(
 
     email = normalize_email(attrs.get(mapping.email_attribute))
     person_hash = email_hash(key, email) if email else link.email_hash
-    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row, person_hash)
+    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row)
 
     new_base = dict(link.base)
     new_base.update(acc.base)
@@ -189,7 +189,6 @@ def _permissions(
     acc: _Acc,
     now: datetime,
     row: DataverseRow,
-    person_hash: str | None,
 ) -> Suppression | None:
     """Subscriptions flow back: an opt-out in Spotler always wins; an opt-in there is the person's own act."""
     key = options.hash_key
@@ -198,7 +197,9 @@ def _permissions(
         if not p.direction.pulls:
             continue
         sp_on = False if contact.opted_out else contact.permissions.get(p.bit, False)
-        dv_on = (not dnbe) if p.source == "not_donotbulkemail" else (not dnbe and attrs.get(p.dataverse or "") is True)
+        # A `column` permission always names its column (the mapping checks it): `is not None` only narrows the type.
+        column_on = p.dataverse is not None and attrs.get(p.dataverse) is True
+        dv_on = not dnbe and (p.source == "not_donotbulkemail" or column_on)
         sp_h = value_hash(key, sp_on)
         old = link.base.get(p.key)
         if old is None and not contact.opted_out and p.bit not in contact.permissions:
@@ -219,8 +220,7 @@ def _permissions(
         elif p.dataverse:
             acc.changes[p.dataverse] = sp_on
         acc.base[p.key] = sp_h
-    # The person who opted out is the contact's address (the row may have moved onto the contact just now).
-    tomb_hash = (email_hash(key, contact.email) if contact.email else None) or link.email_hash or person_hash
-    if contact.opted_out and tomb_hash:
-        return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
+    if contact.opted_out and contact.email is not None:  # an opt-out always has an address; this narrows the type
+        # The person who opted out is the contact's address (the row may have moved onto the contact just now).
+        return Suppression(email_hash(key, contact.email), SuppressionCause.OPTED_OUT, row.entity, row.id, now)
     return None

@@ -221,13 +221,13 @@ def _is_stale(inp: PushInput) -> bool:
 
 
 def _advance(link: LinkState, inp: PushInput) -> LinkState:
-    """The link with the event's ordering data applied (never moving backwards)."""
-    version = link.dv_version
-    if inp.version is not None and (version is None or inp.version > version):
-        version = inp.version
-    modified = link.dv_modified_on
-    if inp.modified_on is not None and (modified is None or inp.modified_on > modified):
-        modified = inp.modified_on
+    """The link with the event's ordering data applied.
+
+    Only `plan_push` comes here, after `_is_stale` dropped an event older than the link by either ordering value:
+    the event's values, where it has them, are never behind the link's.
+    """
+    version = inp.version if inp.version is not None else link.dv_version
+    modified = inp.modified_on if inp.modified_on is not None else link.dv_modified_on
     # What dataclasses.replace does, spelled out (it runs on every decision); _LINK_FIELDS keeps it complete.
     return LinkState(
         entity=link.entity,
@@ -331,7 +331,7 @@ def _leave(inp: PushInput, reason: ReasonCode, detail: str, mapping: EntityMappi
     departure = plan_departure(contact, _active_peers(inp), mapping, options)
     text = f"{detail}; {departure.detail}"
     if departure.action is PushAction.ANONYMIZE:
-        plan = _anonymize(inp, text, SuppressionCause.ANONYMIZED, link.email_hash, link.external_id)
+        plan = _anonymize(inp, text, SuppressionCause.ANONYMIZED, link.external_id)
         assert plan.link is not None
         return dataclasses.replace(plan, reason=reason, link=dataclasses.replace(plan.link, reason=reason))
     if departure.action is PushAction.NONE and not departure.detail.startswith("unsubscribed"):
@@ -360,7 +360,8 @@ def _permission_value(perm: PermissionMapping, mapping: EntityMapping, attrs: Ma
         return False  # Do Not Bulk Email turns every mapped permission off.
     if perm.source == "not_donotbulkemail":
         return True
-    return attrs.get(perm.dataverse or "") is True
+    # A `column` permission always names its column (the mapping checks it): `is not None` only narrows the type.
+    return perm.dataverse is not None and attrs.get(perm.dataverse) is True
 
 
 def explicit_opt_in(
@@ -434,7 +435,7 @@ def _desired(
     current: SpotlerContact | None,
     creating: bool,
     *,
-    hold: bool = False,
+    hold: bool,
 ) -> _Desired:
     """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge.
 
@@ -574,17 +575,10 @@ def _clears(f: FieldMapping, options: PushOptions) -> bool:
     return f.blank == "clear" if f.blank is not None else options.purge_when_not_set
 
 
-def _put(out: _Desired, f: FieldMapping, value: PropValue) -> None:
-    if f.is_set and isinstance(value, dict):
-        existing = out.properties.get(f.spotler)
-        merged = dict(existing) if isinstance(existing, dict) else {}
-        merged.update(value)
-        out.properties[f.spotler] = merged
-    else:
-        out.properties[f.spotler] = value
-
-
-def _anonymize(inp: PushInput, detail: str, cause: SuppressionCause, email_h: str | None, external_id: str) -> PushPlan:
+def _anonymize(
+    inp: PushInput, detail: str, cause: SuppressionCause, external_id: str, *, email_h: str | None = None
+) -> PushPlan:
+    """Anonymize the contact; the tombstone is `email_h`'s, else the link's (the last address synced)."""
     link = inp.link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
     new_link = dataclasses.replace(
         _advance(link, inp),
@@ -641,7 +635,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         if gone_email is None and inp.spotler is not None:
             gone_email = normalize_email(inp.spotler.email)
         gone_h = known or (email_hash(options.hash_key, gone_email) if gone_email else None)
-        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, gone_h, external_id)
+        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, external_id, email_h=gone_h)
 
     email = normalize_email(attrs.get(mapping.email_attribute))
     email_h = email_hash(options.hash_key, email) if email else None
@@ -677,7 +671,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             kept = f"Do Not Email is set; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
             return _skip(ReasonCode.SUPPRESSED, kept, inp)
         if inp.spotler is not None or (link is not None and not link.anonymized):
-            return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, email_h, external_id)
+            return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, external_id, email_h=email_h)
         tomb = Suppression(email_h, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now) if email_h else None
         plan = _skip(ReasonCode.SUPPRESSED, "Do Not Email is set; not sent to Spotler", inp)
         return dataclasses.replace(plan, suppress=tomb)
@@ -698,7 +692,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
                     f"inactive; Spotler contact kept for {peers[0].entity} {peers[0].record_id}",
                     inp,
                 )
-            return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, email_h, external_id)
+            return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, external_id, email_h=email_h)
         return _leave(inp, ReasonCode.INACTIVE, "record is inactive", mapping, options)
 
     exclusion = excluded_by(mapping, attrs)
