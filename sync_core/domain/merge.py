@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sync_core.domain.consent import email_hash, normalize_email
-from sync_core.domain.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
+from sync_core.domain.convert import ConversionError, canonical, hasher, is_blank, to_dataverse, to_spotler
 from sync_core.domain.mapping import Direction, EntityMapping, FieldMapping
 from sync_core.domain.plan import PushOptions
 from sync_core.domain.reasons import ReasonCode
@@ -85,6 +85,7 @@ def plan_pull(
         return PullPlan({}, link.reason or ReasonCode.SYNCED, "older Spotler change ignored", link, skipped=True)
 
     key = options.hash_key
+    hash_of = hasher(key)
     attrs = row.attributes
     acc = _Acc()
     spotler_newer = (
@@ -102,7 +103,7 @@ def plan_pull(
         except ConversionError:
             acc.conflicts.append(f"{f.spotler}: value cannot be converted; not pulled")
             continue
-        sp_h, dv_h = value_hash(key, sp_c), value_hash(key, dv_c)
+        sp_h, dv_h = hash_of(sp_c), hash_of(dv_c)
         old = link.base.get(f.key)
         if sp_h == old or sp_c == dv_c:
             if sp_c == dv_c:
@@ -192,6 +193,7 @@ def _permissions(
 ) -> Suppression | None:
     """Subscriptions flow back: an opt-out in Spotler always wins; an opt-in there is the person's own act."""
     key = options.hash_key
+    hash_of = hasher(key)
     dnbe = attrs.get(mapping.donotbulkemail_attribute) is True
     for p in mapping.permissions:
         if not p.direction.pulls:
@@ -200,7 +202,7 @@ def _permissions(
         # A `column` permission always names its column (the mapping checks it): `is not None` only narrows the type.
         column_on = p.dataverse is not None and attrs.get(p.dataverse) is True
         dv_on = not dnbe and (p.source == "not_donotbulkemail" or column_on)
-        sp_h = value_hash(key, sp_on)
+        sp_h = hash_of(sp_on)
         old = link.base.get(p.key)
         if old is None and not contact.opted_out and p.bit not in contact.permissions:
             continue  # Never agreed and Spotler carries no such bit: no news.
@@ -208,12 +210,12 @@ def _permissions(
             if sp_on == dv_on:
                 acc.base[p.key] = sp_h
             continue
-        dynamics_changed = old is not None and value_hash(key, dv_on) != old
+        dynamics_changed = old is not None and hash_of(dv_on) != old
         if dynamics_changed and sp_on and p.direction is Direction.BOTH:
             # Dynamics withdrew consent while Spotler still shows it: the opt-out wins, Spotler is corrected.
             acc.conflicts.append(f"permission {p.bit}")
             acc.fix_perms[p.bit] = False
-            acc.base[p.key] = value_hash(key, False)
+            acc.base[p.key] = hash_of(False)
             continue
         if p.source == "not_donotbulkemail":
             acc.changes[mapping.donotbulkemail_attribute] = not sp_on
