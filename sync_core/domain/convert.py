@@ -6,6 +6,7 @@ written as, and both sides' values are reduced to a canonical form before they a
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -40,10 +41,11 @@ def _parse_date(text: str) -> date:
 
 def _parse_datetime(text: str) -> datetime:
     parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _iso_utc(value: datetime) -> str:
+    """An aware datetime as Spotler's UTC text (the one place a time is turned to UTC)."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -74,8 +76,6 @@ def _to_spotler(field: FieldMapping, value: AttrValue) -> PropValue:
         if not isinstance(value, int) or value not in field.choices:
             raise ValueError("unknown option")  # pragma: no mutate - to_spotler drops the text (from None)
         return field.choices[value]
-    if kind == "email":
-        return str(value).strip()
     if kind in ("date", "birthdate"):
         return _parse_date(str(value)).isoformat()
     if kind == "datetime":
@@ -84,7 +84,7 @@ def _to_spotler(field: FieldMapping, value: AttrValue) -> PropValue:
         return _int(value)
     if kind == "money":
         return _money(value)
-    return str(value).strip()
+    return str(value).strip()  # text and e-mail
 
 
 def _finite(value: object) -> float:
@@ -123,7 +123,7 @@ def _to_dataverse(field: FieldMapping, value: PropValue) -> AttrValue:
     bits = value if isinstance(value, dict) else {}
     if kind == "boolean":
         assert field.bit is not None
-        return bool(bits.get(field.bit, False))
+        return bool(bits.get(field.bit))
     if kind == "multichoice":
         assert field.bits is not None
         return sorted(option for option, bit in field.bits.items() if bits.get(bit))
@@ -155,7 +155,7 @@ def canonical(field: FieldMapping, spotler_value: PropValue) -> Any:
     if field.is_set:
         mapped = [field.bit] if field.type == "boolean" else sorted((field.bits or {}).values())
         bits = spotler_value if isinstance(spotler_value, dict) else {}
-        return [[bit, bool(bits.get(bit, False))] for bit in mapped if bit is not None]
+        return [[bit, bool(bits.get(bit))] for bit in mapped if bit is not None]
     if is_blank(spotler_value):
         return None
     if field.type == "email" and isinstance(spotler_value, str):
@@ -182,24 +182,13 @@ def canonical(field: FieldMapping, spotler_value: PropValue) -> Any:
 def value_hash(key: bytes, value: Any) -> str:
     """Keyed hash of a canonical value (what link state stores instead of the value itself).
 
-    The hashed text is the value's compact JSON (sorted keys); scalars, the common case, skip the encoder.
+    The hashed text is the value's compact JSON (sorted keys, no ASCII escaping), in UTF-8. Links keep these
+    hashes between runs: a change of the text or the digest would make every stored base look changed.
     """
-    if value is None:
-        text = "null"
-    elif value is True:
-        text = "true"
-    elif value is False:
-        text = "false"
-    elif type(value) is str:
-        text = _json_string(value)
-    elif type(value) is int:
-        text = str(value)
-    else:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hmac.digest(key, text.encode("utf-8"), "sha256").hex()[:32]
+    return hmac.digest(key, _compact_json(value).encode(), hashlib.sha256).hex()[:32]
 
 
-_json_string = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
+_compact_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 HASHES_KEPT = 8192

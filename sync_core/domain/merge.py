@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sync_core.domain.consent import email_hash, normalize_email
-from sync_core.domain.convert import ConversionError, canonical, is_blank, to_dataverse, to_spotler, value_hash
+from sync_core.domain.convert import ConversionError, canonical, hasher, is_blank, to_dataverse, to_spotler
 from sync_core.domain.mapping import Direction, EntityMapping, FieldMapping
 from sync_core.domain.plan import PushOptions
 from sync_core.domain.reasons import ReasonCode
@@ -85,6 +85,7 @@ def plan_pull(
         return PullPlan({}, link.reason or ReasonCode.SYNCED, "older Spotler change ignored", link, skipped=True)
 
     key = options.hash_key
+    hash_of = hasher(key)
     attrs = row.attributes
     acc = _Acc()
     spotler_newer = (
@@ -102,7 +103,7 @@ def plan_pull(
         except ConversionError:
             acc.conflicts.append(f"{f.spotler}: value cannot be converted; not pulled")
             continue
-        sp_h, dv_h = value_hash(key, sp_c), value_hash(key, dv_c)
+        sp_h, dv_h = hash_of(sp_c), hash_of(dv_c)
         old = link.base.get(f.key)
         if sp_h == old or sp_c == dv_c:
             if sp_c == dv_c:
@@ -128,7 +129,7 @@ def plan_pull(
 
     email = normalize_email(attrs.get(mapping.email_attribute))
     person_hash = email_hash(key, email) if email else link.email_hash
-    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row, person_hash)
+    tomb = _permissions(contact, link, mapping, attrs, options, acc, now, row)
 
     new_base = dict(link.base)
     new_base.update(acc.base)
@@ -189,17 +190,19 @@ def _permissions(
     acc: _Acc,
     now: datetime,
     row: DataverseRow,
-    person_hash: str | None,
 ) -> Suppression | None:
     """Subscriptions flow back: an opt-out in Spotler always wins; an opt-in there is the person's own act."""
     key = options.hash_key
+    hash_of = hasher(key)
     dnbe = attrs.get(mapping.donotbulkemail_attribute) is True
     for p in mapping.permissions:
         if not p.direction.pulls:
             continue
         sp_on = False if contact.opted_out else contact.permissions.get(p.bit, False)
-        dv_on = (not dnbe) if p.source == "not_donotbulkemail" else (not dnbe and attrs.get(p.dataverse or "") is True)
-        sp_h = value_hash(key, sp_on)
+        # A `column` permission always names its column (the mapping checks it): `is not None` only narrows the type.
+        column_on = p.dataverse is not None and attrs.get(p.dataverse) is True
+        dv_on = not dnbe and (p.source == "not_donotbulkemail" or column_on)
+        sp_h = hash_of(sp_on)
         old = link.base.get(p.key)
         if old is None and not contact.opted_out and p.bit not in contact.permissions:
             continue  # Never agreed and Spotler carries no such bit: no news.
@@ -207,20 +210,19 @@ def _permissions(
             if sp_on == dv_on:
                 acc.base[p.key] = sp_h
             continue
-        dynamics_changed = old is not None and value_hash(key, dv_on) != old
+        dynamics_changed = old is not None and hash_of(dv_on) != old
         if dynamics_changed and sp_on and p.direction is Direction.BOTH:
             # Dynamics withdrew consent while Spotler still shows it: the opt-out wins, Spotler is corrected.
             acc.conflicts.append(f"permission {p.bit}")
             acc.fix_perms[p.bit] = False
-            acc.base[p.key] = value_hash(key, False)
+            acc.base[p.key] = hash_of(False)
             continue
         if p.source == "not_donotbulkemail":
             acc.changes[mapping.donotbulkemail_attribute] = not sp_on
         elif p.dataverse:
             acc.changes[p.dataverse] = sp_on
         acc.base[p.key] = sp_h
-    # The person who opted out is the contact's address (the row may have moved onto the contact just now).
-    tomb_hash = (email_hash(key, contact.email) if contact.email else None) or link.email_hash or person_hash
-    if contact.opted_out and tomb_hash:
-        return Suppression(tomb_hash, SuppressionCause.OPTED_OUT, row.entity, row.id, now)
+    if contact.opted_out and contact.email is not None:  # an opt-out always has an address; this narrows the type
+        # The person who opted out is the contact's address (the row may have moved onto the contact just now).
+        return Suppression(email_hash(key, contact.email), SuppressionCause.OPTED_OUT, row.entity, row.id, now)
     return None

@@ -221,13 +221,13 @@ def _is_stale(inp: PushInput) -> bool:
 
 
 def _advance(link: LinkState, inp: PushInput) -> LinkState:
-    """The link with the event's ordering data applied (never moving backwards)."""
-    version = link.dv_version
-    if inp.version is not None and (version is None or inp.version > version):
-        version = inp.version
-    modified = link.dv_modified_on
-    if inp.modified_on is not None and (modified is None or inp.modified_on > modified):
-        modified = inp.modified_on
+    """The link with the event's ordering data applied.
+
+    Only `plan_push` comes here, after `_is_stale` dropped an event older than the link by either ordering value:
+    the event's values, where it has them, are never behind the link's.
+    """
+    version = inp.version if inp.version is not None else link.dv_version
+    modified = inp.modified_on if inp.modified_on is not None else link.dv_modified_on
     # What dataclasses.replace does, spelled out (it runs on every decision); _LINK_FIELDS keeps it complete.
     return LinkState(
         entity=link.entity,
@@ -238,7 +238,7 @@ def _advance(link: LinkState, inp: PushInput) -> LinkState:
         dv_modified_on=modified,
         spotler_last_changed=link.spotler_last_changed,
         base=link.base,
-        anonymized=link.anonymized,
+        anonymized=link.anonymized,  # pragma: no mutate - every caller sets it, or (_leave) has a live link
         in_scope=link.in_scope,
         unsubscribed=link.unsubscribed,
         reason=link.reason,
@@ -331,7 +331,7 @@ def _leave(inp: PushInput, reason: ReasonCode, detail: str, mapping: EntityMappi
     departure = plan_departure(contact, _active_peers(inp), mapping, options)
     text = f"{detail}; {departure.detail}"
     if departure.action is PushAction.ANONYMIZE:
-        plan = _anonymize(inp, text, SuppressionCause.ANONYMIZED, link.email_hash, link.external_id)
+        plan = _anonymize(inp, text, SuppressionCause.ANONYMIZED, link.external_id)
         assert plan.link is not None
         return dataclasses.replace(plan, reason=reason, link=dataclasses.replace(plan.link, reason=reason))
     if departure.action is PushAction.NONE and not departure.detail.startswith("unsubscribed"):
@@ -360,7 +360,8 @@ def _permission_value(perm: PermissionMapping, mapping: EntityMapping, attrs: Ma
         return False  # Do Not Bulk Email turns every mapped permission off.
     if perm.source == "not_donotbulkemail":
         return True
-    return attrs.get(perm.dataverse or "") is True
+    # A `column` permission always names its column (the mapping checks it): `is not None` only narrows the type.
+    return perm.dataverse is not None and attrs.get(perm.dataverse) is True
 
 
 def explicit_opt_in(
@@ -434,7 +435,7 @@ def _desired(
     current: SpotlerContact | None,
     creating: bool,
     *,
-    hold: bool = False,
+    hold: bool,
 ) -> _Desired:
     """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge.
 
@@ -456,7 +457,7 @@ def _desired(
     )
     steps, pushed = _compiled(mapping, options)
 
-    for f, column, prop, fkey, kind, create_only, both, is_set, keep_blank in steps:
+    for f, column, prop, fkey, kind, create_only, both, _set, keep_blank in steps:
         if create_only and not creating:
             continue
         value = attrs.get(column)
@@ -464,17 +465,13 @@ def _desired(
         want: PropValue
         want_c: object
         have_c: object
-        if kind is _TEXT or kind is _EMAIL:
+        if kind is _TEXT or kind is _EMAIL:  # pragma: no mutate - the short way; the general one gives the same
             if value is None:
                 want = None
-            elif type(value) is str:
+            elif type(value) is str:  # pragma: no mutate - the short way to what to_spotler gives a text
                 want = value.strip() or None
             else:
-                try:
-                    want = to_spotler(f, value)
-                except ConversionError:
-                    out.conflicts.append(f"{column}: value cannot be converted; not sent")
-                    continue
+                want = to_spotler(f, value)  # a number or a flag in a text column: its text (never fails)
             if want is None:
                 if keep_blank:
                     continue  # blank and the policy keeps Spotler's value
@@ -483,7 +480,7 @@ def _desired(
                 want_c = want.casefold() if kind is _EMAIL and isinstance(want, str) else want
             if have is None:
                 have_c = None
-            elif type(have) is str:
+            elif type(have) is str:  # pragma: no mutate - the short way to what canonical gives a text
                 stripped = have.strip()
                 have_c = (stripped.casefold() if kind is _EMAIL else stripped) if stripped else None
             else:
@@ -496,8 +493,7 @@ def _desired(
                 continue
             if keep_blank and is_blank(want):
                 continue  # blank and the policy keeps Spotler's value
-            # A date `to_spotler` wrote is already in canonical form.
-            want_c = want if kind is _DATE and want is not None else canonical(f, want)
+            want_c = canonical(f, want)
             have_c = canonical(f, have)
         want_h = hash_of(want_c)  # hashed once, and only where a hash is stored or compared
         if want_c == have_c:
@@ -513,7 +509,7 @@ def _desired(
                 out.conflicts.append(prop)
                 if not dynamics_wins and spotler_newer:
                     continue
-        if is_set and isinstance(want, dict):
+        if isinstance(want, dict):  # a set property (only those convert to bits)
             existing = properties.get(prop)
             merged = dict(existing) if isinstance(existing, dict) else {}
             merged.update(want)
@@ -540,7 +536,7 @@ def _desired(
 
 
 def _purge_body(
-    mapping: EntityMapping, current: SpotlerContact | None, desired: _Desired
+    mapping: EntityMapping, current: SpotlerContact, desired: _Desired
 ) -> tuple[dict[str, PropValue], dict[int, bool]]:
     """The whole contact for an update sent with `purge`: Spotler then holds exactly this.
 
@@ -549,7 +545,7 @@ def _purge_body(
     Spotler owns (⬅ fields, 🔁 fields Spotler changed, a blank the field's policy keeps). Set properties and
     permissions carry every bit: the ones Dynamics sets overlaid on Spotler's current bits.
     """
-    have: Mapping[str, PropValue] = current.properties if current is not None else {}
+    have = current.properties
     body: dict[str, PropValue] = {}
     for f in mapping.fields:
         if f.spotler in body:
@@ -565,7 +561,7 @@ def _purge_body(
                 body[f.spotler] = wanted
         elif not is_blank(current_value):
             body[f.spotler] = dict(current_value) if isinstance(current_value, dict) else current_value
-    permissions = dict(current.permissions) if current is not None else {}
+    permissions = dict(current.permissions)
     permissions.update(desired.permissions)
     return body, permissions
 
@@ -574,17 +570,10 @@ def _clears(f: FieldMapping, options: PushOptions) -> bool:
     return f.blank == "clear" if f.blank is not None else options.purge_when_not_set
 
 
-def _put(out: _Desired, f: FieldMapping, value: PropValue) -> None:
-    if f.is_set and isinstance(value, dict):
-        existing = out.properties.get(f.spotler)
-        merged = dict(existing) if isinstance(existing, dict) else {}
-        merged.update(value)
-        out.properties[f.spotler] = merged
-    else:
-        out.properties[f.spotler] = value
-
-
-def _anonymize(inp: PushInput, detail: str, cause: SuppressionCause, email_h: str | None, external_id: str) -> PushPlan:
+def _anonymize(
+    inp: PushInput, detail: str, cause: SuppressionCause, external_id: str, *, email_h: str | None = None
+) -> PushPlan:
+    """Anonymize the contact; the tombstone is `email_h`'s, else the link's (the last address synced)."""
     link = inp.link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
     new_link = dataclasses.replace(
         _advance(link, inp),
@@ -641,7 +630,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         if gone_email is None and inp.spotler is not None:
             gone_email = normalize_email(inp.spotler.email)
         gone_h = known or (email_hash(options.hash_key, gone_email) if gone_email else None)
-        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, gone_h, external_id)
+        return _anonymize(inp, "record deleted", SuppressionCause.ANONYMIZED, external_id, email_h=gone_h)
 
     email = normalize_email(attrs.get(mapping.email_attribute))
     email_h = email_hash(options.hash_key, email) if email else None
@@ -677,7 +666,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             kept = f"Do Not Email is set; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
             return _skip(ReasonCode.SUPPRESSED, kept, inp)
         if inp.spotler is not None or (link is not None and not link.anonymized):
-            return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, email_h, external_id)
+            return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, external_id, email_h=email_h)
         tomb = Suppression(email_h, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now) if email_h else None
         plan = _skip(ReasonCode.SUPPRESSED, "Do Not Email is set; not sent to Spotler", inp)
         return dataclasses.replace(plan, suppress=tomb)
@@ -698,7 +687,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
                     f"inactive; Spotler contact kept for {peers[0].entity} {peers[0].record_id}",
                     inp,
                 )
-            return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, email_h, external_id)
+            return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, external_id, email_h=email_h)
         return _leave(inp, ReasonCode.INACTIVE, "record is inactive", mapping, options)
 
     exclusion = excluded_by(mapping, attrs)
@@ -761,13 +750,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         inp, mapping, attrs, SuppressionCause.ANONYMIZED
     )
 
-    recreate = current is None or (link is not None and link.anonymized)
     creating = current is None
-    desired = _desired(
-        inp, mapping, options, attrs, None if recreate and current is None else current, creating, hold=hold
-    )
+    desired = _desired(inp, mapping, options, attrs, current, creating, hold=hold)
     base_link = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
-    merged_base = {} if recreate and link is not None and link.anonymized else dict(base_link.base)
+    # An anonymized record's old agreements do not stand: it comes back with all its values.
+    merged_base = {} if link is not None and link.anonymized else dict(base_link.base)
     merged_base.update(desired.base)
 
     if creating:
@@ -786,6 +773,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
 
     purge = action is PushAction.UPDATE and options.purge_when_not_set
     if purge:
+        assert current is not None  # an update has a contact to update
         properties, permissions = _purge_body(mapping, current, desired)
     else:
         properties, permissions = desired.properties, desired.permissions
@@ -796,7 +784,6 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     )
     new_link = dataclasses.replace(
         _advance(base_link, inp),
-        external_id=external_id,
         email_hash=email_h,
         base=merged_base,
         anonymized=False,
