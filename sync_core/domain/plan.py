@@ -201,9 +201,11 @@ def _joins_existing_contact(inp: PushInput) -> bool:
     """Does this change link the record to a Spotler contact it did not speak for before?"""
     if inp.moved:
         return True
-    if inp.link is None and inp.spotler is None and inp.email_match is None:
+    if inp.link is None and inp.email_match is None:
         # A new contact for a person another live record of the address already speaks for in Dynamics (its
         # contact went with another address): the person's choice lives on that record, a new row is no opt-in.
+        # So is the record's own contact found without a link (an earlier attempt created it, bits held, and
+        # failed before its link was saved): the retry holds what that attempt held.
         return any(
             not p.anonymized and p.in_scope and (p.entity, p.record_id) != (inp.entity, inp.record_id)
             for p in inp.address_peers
