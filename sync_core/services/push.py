@@ -280,6 +280,8 @@ class PushService:
                     return await self._apply_serialized(
                         event, mapping, now, attrs, link, email, address, note, known=contact
                     )
+            elif contact is not None and contact.email is not None:
+                hashes.append(email_hash(key, contact.email))  # its lease is needed too (below)
         leased = set(hashes)
         for _ in range(_LEASE_ROUNDS):
             held: list[tuple[str, str]] = []
