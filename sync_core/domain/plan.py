@@ -723,9 +723,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         # The contact we linked holds no address any more: it was anonymized (for a record that shared it, or in
         # Spotler). Writing to it would bring the person back without asking.
         return _skip(ReasonCode.SUPPRESSED, "the Spotler contact was anonymized; needs a new opt-in in Dynamics", inp)
-    if link is not None and link.base and inp.spotler is not None and inp.spotler.email is None:
+    if link is not None and link.base and inp.spotler is not None and (inp.spotler.email is None or not link.in_scope):
         # The contact was anonymized (for another record, or in Spotler): nothing agreed on it stands, so the
-        # record's values are all written again, not taken for Spotler's news.
+        # record's values are all written again, not taken for Spotler's news. So for a record coming back to the
+        # sync: while it was out, the contact may have been anonymized and its address written back by another
+        # record (its blanks are no news either), and a record that comes back gets its data synced again.
         link = dataclasses.replace(link, base={})
         inp = dataclasses.replace(inp, link=link)
 

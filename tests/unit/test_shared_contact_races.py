@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from sync_core.domain.plan import plan_push
+from sync_core.domain.plan import PushAction, plan_push
 from sync_core.domain.records import ChangeKind, SpotlerContact
 from sync_core.domain.state_model import LinkState
 from sync_core.services.leases import email_lease_name
@@ -122,3 +122,21 @@ def test_the_plan_for_the_records_own_contact_without_a_link_holds_the_bits_for_
     alone = plan_push(dataclasses.replace(inp, address_peers=()), CONTACT_MAPPING, options())
     assert alone.contact is not None
     assert alone.contact.permissions == {1: True}  # nobody else speaks for the address: the new row's flags
+
+
+def test_a_record_coming_back_writes_its_values_over_the_blanks_of_a_contact_anonymized_while_it_was_out() -> None:
+    # The record left the sync (deactivated) while another record kept the shared contact; that record left too
+    # and the contact was anonymized; a third record of the address came back first and wrote the address again.
+    # The blank names are no news from Spotler: the returning record writes its own.
+    first = plan_push(push_input(person(), kind=ChangeKind.CREATE), CONTACT_MAPPING, options())
+    assert first.link is not None
+    left = dataclasses.replace(first.link, in_scope=False)
+    refilled = SpotlerContact("c-1", {"email": "ada@example.com"}, {1: True}, channels={"EMAIL": True})
+    plan = plan_push(
+        push_input(person(), kind=ChangeKind.SET_STATE, changed={"statecode"}, link=left, spotler=refilled),
+        CONTACT_MAPPING,
+        options(),
+    )
+    assert plan.action is PushAction.UPDATE
+    assert plan.contact is not None
+    assert (plan.contact.properties.get("firstName"), plan.contact.properties.get("lastName")) == ("Ada", "Lovelace")
