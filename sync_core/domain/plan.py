@@ -605,7 +605,9 @@ def _anonymize(inp: PushInput, detail: str, cause: SuppressionCause, email_h: st
         cause = SuppressionCause.OPTED_OUT  # the person's own opt-out is never weakened into "anonymized by us"
     tomb = Suppression(tomb_hash, cause, inp.entity, inp.record_id, inp.now) if tomb_hash is not None else None
     already = inp.link is not None and inp.link.anonymized
-    exists = inp.spotler is not None
+    # A linked contact that holds no address was anonymized already: anonymizing it again gives the person nothing,
+    # and, read before a record of another address wrote that address back, would wipe that record's contact.
+    exists = inp.spotler is not None and not (inp.link is not None and inp.spotler.email is None)
     action = PushAction.ANONYMIZE if exists and not already else PushAction.NONE
     return PushPlan(action, ReasonCode.ANONYMIZED, detail, external_id=external_id, link=new_link, suppress=tomb)
 

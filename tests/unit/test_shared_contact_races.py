@@ -140,3 +140,21 @@ def test_a_record_coming_back_writes_its_values_over_the_blanks_of_a_contact_ano
     assert plan.action is PushAction.UPDATE
     assert plan.contact is not None
     assert (plan.contact.properties.get("firstName"), plan.contact.properties.get("lastName")) == ("Ada", "Lovelace")
+
+
+def test_a_record_leaving_a_linked_contact_that_holds_no_address_does_not_anonymize_it_again() -> None:
+    # The contact was anonymized for the records of its address; this record (Do Not Email now) read it so. A
+    # second anonymize, landing after a record of that address wrote it back, would wipe that record's contact.
+    link = LinkState("contact", C1, "sp-9", email_hash=hashed(MOVED), base={})
+    blank = SpotlerContact("sp-9", {}, {}, channels={"EMAIL": False})
+    plan = plan_push(
+        push_input(person(emailaddress1=MOVED, donotemail=True), changed={"donotemail"}, record_id=C1, link=link,
+                   spotler=blank),
+        CONTACT_MAPPING,
+        options(),
+    )  # fmt: skip
+    assert plan.action is PushAction.NONE
+    assert plan.link is not None
+    assert plan.link.anonymized
+    assert plan.suppress is not None
+    assert plan.suppress.email_hash == hashed(MOVED)  # the person's tombstone all the same
