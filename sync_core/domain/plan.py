@@ -201,9 +201,11 @@ def _joins_existing_contact(inp: PushInput) -> bool:
     """Does this change link the record to a Spotler contact it did not speak for before?"""
     if inp.moved:
         return True
-    if inp.link is None and inp.spotler is None and inp.email_match is None:
+    if inp.link is None and inp.email_match is None:
         # A new contact for a person another live record of the address already speaks for in Dynamics (its
         # contact went with another address): the person's choice lives on that record, a new row is no opt-in.
+        # So is the record's own contact found without a link (an earlier attempt created it, bits held, and
+        # failed before its link was saved): the retry holds what that attempt held.
         return any(
             not p.anonymized and p.in_scope and (p.entity, p.record_id) != (inp.entity, inp.record_id)
             for p in inp.address_peers
@@ -592,7 +594,9 @@ def _anonymize(
         cause = SuppressionCause.OPTED_OUT  # the person's own opt-out is never weakened into "anonymized by us"
     tomb = Suppression(tomb_hash, cause, inp.entity, inp.record_id, inp.now) if tomb_hash is not None else None
     already = inp.link is not None and inp.link.anonymized
-    exists = inp.spotler is not None
+    # A linked contact that holds no address was anonymized already: anonymizing it again gives the person nothing,
+    # and, read before a record of another address wrote that address back, would wipe that record's contact.
+    exists = inp.spotler is not None and not (inp.link is not None and inp.spotler.email is None)
     action = PushAction.ANONYMIZE if exists and not already else PushAction.NONE
     return PushPlan(action, ReasonCode.ANONYMIZED, detail, external_id=external_id, link=new_link, suppress=tomb)
 
@@ -710,9 +714,11 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         # The contact we linked holds no address any more: it was anonymized (for a record that shared it, or in
         # Spotler). Writing to it would bring the person back without asking.
         return _skip(ReasonCode.SUPPRESSED, "the Spotler contact was anonymized; needs a new opt-in in Dynamics", inp)
-    if link is not None and link.base and inp.spotler is not None and inp.spotler.email is None:
+    if link is not None and link.base and inp.spotler is not None and (inp.spotler.email is None or not link.in_scope):
         # The contact was anonymized (for another record, or in Spotler): nothing agreed on it stands, so the
-        # record's values are all written again, not taken for Spotler's news.
+        # record's values are all written again, not taken for Spotler's news. So for a record coming back to the
+        # sync: while it was out, the contact may have been anonymized and its address written back by another
+        # record (its blanks are no news either), and a record that comes back gets its data synced again.
         link = dataclasses.replace(link, base={})
         inp = dataclasses.replace(inp, link=link)
 

@@ -553,24 +553,28 @@ class BulkEngine:
         peers: list[LinkState] = []
         if link is not None or spotler is not None or email_match is not None:
             peers = await self._state.links_for_external_id(target, exclude=(entity, row.record_id))
-        plan = plan_push(
-            PushInput(
-                entity=entity,
-                record_id=row.record_id,
-                kind=ChangeKind.DELETE if attrs is None else ChangeKind.UPDATE,
-                attributes=attrs,
-                now=now,
-                modified_on=datetime.fromisoformat(row.modified_on) if row.modified_on else None,
-                version=row.version,
-                link=link,
-                spotler=spotler,
-                email_match=email_match,
-                suppression=suppression,
-                peers=peers,
-            ),
-            mapping,
-            self._options,
+        inp = PushInput(
+            entity=entity,
+            record_id=row.record_id,
+            kind=ChangeKind.DELETE if attrs is None else ChangeKind.UPDATE,
+            attributes=attrs,
+            now=now,
+            modified_on=datetime.fromisoformat(row.modified_on) if row.modified_on else None,
+            version=row.version,
+            link=link,
+            spotler=spotler,
+            email_match=email_match,
+            suppression=suppression,
+            peers=peers,
         )
+        plan = plan_push(inp, mapping, self._options)
+        if link is None and email_match is None and email is not None and _turns_a_bit_on(plan):
+            # A record new to the connector whose address no other contact holds: as in the live push, a live
+            # record of the address linked to a contact that went with another address speaks for the person,
+            # and this row's default flags are no opt-in (looked up only when a bit would be turned on).
+            address_peers = await self._state.links_for_email_hash(email_hash(self._options.hash_key, email))
+            if address_peers:
+                plan = plan_push(dataclasses.replace(inp, address_peers=address_peers), mapping, self._options)
         current = spotler if spotler is not None else email_match
         live = (
             self._live is not None
@@ -700,6 +704,10 @@ class BulkEngine:
         target = min(landed, key=lambda c: c.external_id).external_id
         detail = f"merged by Spotler into the contact with the same e-mail address ({target})"
         return dataclasses.replace(link, external_id=target, detail=detail), detail
+
+
+def _turns_a_bit_on(plan: PushPlan) -> bool:
+    return plan.contact is not None and any(plan.contact.permissions.values())
 
 
 def _primary_key(entity: str) -> str:

@@ -280,17 +280,26 @@ class PushService:
                     return await self._apply_serialized(
                         event, mapping, now, attrs, link, email, address, note, known=contact
                     )
-        held: list[tuple[str, str]] = []
-        try:
-            for name in map(email_lease_name, hashes):
-                token = await self.leases.take_named(name, f"{event.entity}/{event.record_id}")
-                if token is None:
-                    raise ConcurrencyConflict("another change of this person's address is being applied")
-                held.append((name, token))
-            return await self._apply_serialized(event, mapping, now, attrs, link, email, address, note)
-        finally:
-            for name, token in held:
-                await self.leases.give_back_named(name, token)
+            elif contact is not None and contact.email is not None:
+                hashes.append(email_hash(key, contact.email))  # its lease is needed too (below)
+        leased = set(hashes)
+        for _ in range(_LEASE_ROUNDS):
+            held: list[tuple[str, str]] = []
+            try:
+                for name in map(email_lease_name, sorted(leased)):
+                    token = await self.leases.take_named(name, f"{event.entity}/{event.record_id}")
+                    if token is None:
+                        raise ConcurrencyConflict("another change of this person's address is being applied")
+                    held.append((name, token))
+                return await self._apply_serialized(
+                    event, mapping, now, attrs, link, email, address, note, leased=frozenset(leased)
+                )
+            except _NeedsContactLease as exc:
+                leased.add(exc.email_hash)  # taken in order with the others, and the change planned again
+            finally:
+                for name, token in held:
+                    await self.leases.give_back_named(name, token)
+        raise ConcurrencyConflict("the linked Spotler contact keeps changing its address")
 
     async def _apply_serialized(
         self,
@@ -304,9 +313,12 @@ class PushService:
         note: str,
         *,
         known: SpotlerContact | None = None,
+        leased: frozenset[str] = frozenset(),
     ) -> PushOutcome:
         """Plan and carry out the change. With `known` (the linked contact, read without the address lease), a
-        plan that is more than an update of that contact raises _NeedsAddressLease before anything is written."""
+        plan that is more than an update of that contact raises _NeedsAddressLease before anything is written.
+        Otherwise `leased` are the address hashes whose leases are held; a linked contact that holds another
+        address raises _NeedsContactLease before anything is written."""
         stored = link  # as read: `link` may be pointed at another contact below, the stored one is not
         email_match: SpotlerContact | None = None
         spotler: SpotlerContact | None
@@ -320,6 +332,12 @@ class PushService:
                 spotler, email_match = None, spotler
         else:
             spotler = await self._spotler.get_contact(link.external_id if link is not None else event.record_id)
+        if known is None and spotler is not None and spotler.email is not None:
+            # The linked contact holds an address other than the record's (it went with the record that spoke for
+            # it): the records of that address change it too, so this change waits for their lease as well.
+            held_h = email_hash(self._options.hash_key, spotler.email)
+            if held_h not in leased:
+                raise _NeedsContactLease(held_h)
         moved_from: SpotlerContact | None = None
         moved = False
         if link is not None and spotler is None and address is not None:
@@ -342,8 +360,9 @@ class PushService:
                 moved = True
         suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
         address_peers: list[LinkState] = []
-        if link is None and spotler is None and email_match is None and email is not None:
-            # No contact holds the address: a live record of it may still be linked to a contact that went with
+        if link is None and email_match is None and email is not None:
+            # No other contact holds the address (the record's own may, from an attempt that wrote it and failed
+            # before saving the link): a live record of it may still be linked to a contact that went with
             # another address; the person is not new then (plan: no bit on without an opt-in).
             address_peers = await self._state.links_for_email_hash(email_hash(self._options.hash_key, email))
         own_id = event.record_id
@@ -683,6 +702,17 @@ def _same_link(new: LinkState, previous: LinkState | None) -> bool:
 
 class _NeedsAddressLease(Exception):
     """A change planned without the address lease turned out to need it (nothing was written)."""
+
+
+class _NeedsContactLease(Exception):
+    """The linked contact holds an address whose lease is not held yet (nothing was written)."""
+
+    def __init__(self, email_hash: str) -> None:
+        super().__init__("the linked Spotler contact holds another address")
+        self.email_hash = email_hash
+
+
+_LEASE_ROUNDS = 3  # the leases of a change are widened at most this often before it is retried as a conflict
 
 
 def _plain_update(

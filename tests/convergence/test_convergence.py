@@ -26,9 +26,9 @@ from tests.fixtures.spotler import SpotlerSandbox
 DEFAULT_SEED = 20261201
 # Invariants some seeds still break (bench/README.md, "Convergence under faults", open findings). The default run
 # reports them as an expected failure with the violations printed; CONVERGENCE_STRICT=1 fails on them like the
-# rest. Every other invariant fails the run. `consent-no-comeback` is open again: the Do Not Bulk Email case still
-# shows on the CI seed on some runs (it depends on timing), so it would make CI flaky rather than fail it.
-OPEN_INVARIANTS = frozenset({"pair-agrees", "one-contact-per-address", "consent-no-comeback"})
+# rest. Every other invariant fails the run. None is open now: the CI seed passed strict on consecutive runs after
+# the last fixes, so every invariant fails the run.
+OPEN_INVARIANTS: frozenset[str] = frozenset()
 # Sized to finish in under five minutes on two shared cores: 500 / 3,000 took eleven minutes and
 # 250 / 1,500 four and a half (bench/README.md).
 CI_RECORDS = 200
