@@ -150,7 +150,7 @@ async def test_a_new_record_of_an_address_nobody_speaks_for_creates_its_contact_
     outcome = await s.create(C1, ADA, new_newsletter=False)
 
     assert (outcome.action, outcome.detail) == ("create", "created in Spotler")
-    assert s.contact(C1).permissions.get(1) is True
+    assert s.contact(C1).permissions == {1: True, 2: False}
     assert (await s.link("contact", C1)).unsubscribed is False
 
 
