@@ -339,7 +339,7 @@ class PushService:
             if held_h not in leased:
                 raise _NeedsContactLease(held_h)
         moved_from: SpotlerContact | None = None
-        moved = False
+        moved_to: SpotlerContact | None = None  # the contact that holds the record's new address, once it moved there
         if link is not None and spotler is None and address is not None:
             # The linked contact is gone: Spotler merged it into the contact that holds the address. Follow it.
             holder = await self._holder(address)
@@ -357,7 +357,7 @@ class PushService:
             if holder is not None and holder.external_id != link.external_id:
                 moved_from = spotler if spotler.email is not None else None
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id, base={}), holder
-                moved = True
+                moved_to = holder
         suppression = await self._state.get_suppression(email_hash(self._options.hash_key, email)) if email else None
         address_peers: list[LinkState] = []
         if link is None and email_match is None and email is not None:
@@ -368,7 +368,7 @@ class PushService:
         own_id = event.record_id
         target_id = link.external_id if link is not None else (email_match.external_id if email_match else own_id)
         peers = await self._peers(event.entity, event.record_id, target_id)
-        master: dict[str, AttrValue] | None = None
+        master: dict[str, AttrValue] | None = None  # pragma: no mutate - read only with a merged_into (never empty)
         if event.merged_into:
             row = await self._dataverse.get_row(event.entity, event.merged_into, mapping.columns())
             master = dict(row.attributes) if row is not None else None
@@ -389,13 +389,13 @@ class PushService:
                 peers=peers,
                 merged_into=event.merged_into,
                 master_attributes=master,
-                moved=moved,
+                moved=moved_to is not None,
                 address_peers=address_peers,
             ),
             mapping,
             self._options,
         )
-        if known is not None and not _plain_update(plan, peers, moved_from, event):
+        if known is not None and not _plain_update(plan, peers, event):
             raise _NeedsAddressLease
         if self._guard is not None and plan.action in (PushAction.ANONYMIZE, PushAction.UNSUBSCRIBE):
             action: Literal["anonymize", "unsubscribe"] = (
@@ -411,8 +411,8 @@ class PushService:
         if note:
             plan = _noted(plan, note)
         # Dataverse keeps inactive and closed rows read-only: their status columns cannot be written.
-        writable = attrs is not None and attrs.get("statecode", 0) in (0, None)
-        plan = await self._write_spotler(plan, event, mapping, address, leased=known is None)
+        writable = attrs is not None and attrs.get("statecode") in (0, None)
+        plan = await self._write_spotler(plan, event, address, leased=known is None)
         await self._remember(plan, event, now, status_columns=writable, previous=stored)
         # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
         # A delete or a merge that keeps the contact for others leaves its link anonymized (not speaking) too.
@@ -420,8 +420,10 @@ class PushService:
             plan.link is None or not plan.link.in_scope or (plan.link.anonymized and not (link and link.anonymized))
         )
         left = plan.action in (PushAction.NONE, PushAction.RELINK) and stopped
-        if left and plan.action is PushAction.RELINK and plan.external_id is not None:
-            peers = await self._peers(event.entity, event.record_id, plan.external_id)  # the master just joined
+        if left and plan.action is PushAction.RELINK:
+            assert plan.external_id is not None  # a relink keeps the contact the record was on
+            # The master just joined; the record's own link, anonymized by the relink, is no live peer.
+            peers = await self._state.links_for_external_id(plan.external_id)
         others = live_peers(peers) if left else []
         successor = min(others, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)) if others else None
         return PushOutcome(
@@ -456,7 +458,7 @@ class PushService:
             await self._spotler.anonymize_contact(contact.external_id)
 
     async def _write_spotler(
-        self, plan: PushPlan, event: ChangeEvent, mapping: EntityMapping, address: str | None, *, leased: bool = True
+        self, plan: PushPlan, event: ChangeEvent, address: str | None, *, leased: bool
     ) -> PushPlan:
         """Carry out the plan's Spotler write; the plan comes back pointing at the contact that really took it."""
         contact = plan.contact
@@ -468,7 +470,7 @@ class PushService:
                 await self._spotler.update_contact(contact, purge=False)
             except NotFoundError:
                 return await self._on_holder(plan, event, address, unsubscribe=contact)
-        elif plan.action is PushAction.UPDATE and contact is not None:
+        elif contact is not None:  # an update: nothing but a create, an update and an unsubscribe carries a contact
             try:
                 await self._spotler.update_contact(contact, purge=plan.purge)
             except NotFoundError:
@@ -533,7 +535,7 @@ class PushService:
         status_columns: bool,
         previous: LinkState | None = None,
     ) -> None:
-        if plan.action is PushAction.RELINK and plan.relink_to is not None and plan.external_id is not None:
+        if plan.relink_to is not None:  # only a relink names the record that takes its contact over
             await self._relink(event, plan, now)
         if plan.suppress is not None:
             await self._state.put_suppression(plan.suppress)
@@ -715,14 +717,14 @@ class _NeedsContactLease(Exception):
 _LEASE_ROUNDS = 3  # the leases of a change are widened at most this often before it is retried as a conflict
 
 
-def _plain_update(
-    plan: PushPlan, peers: list[LinkState], moved_from: SpotlerContact | None, event: ChangeEvent
-) -> bool:
-    """Is the plan an update (or no write) of the record's own contact that no other record shares?"""
+def _plain_update(plan: PushPlan, peers: list[LinkState], event: ChangeEvent) -> bool:
+    """Is the plan an update (or no write) of the record's own contact that no other record shares?
+
+    (The contact was read holding the record's address, so the record has not moved away from it.)
+    """
     return (
         plan.action in (PushAction.UPDATE, PushAction.NONE)
         and not peers
-        and moved_from is None
         and event.merged_into is None
         and plan.suppress is None
         and plan.lift_suppression is None
