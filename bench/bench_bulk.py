@@ -97,6 +97,7 @@ async def run(
     concurrency: int,
     pace: float | None = None,
     trace_memory: str | None = None,
+    profile: str | None = None,
 ) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     with sandbox_stack(connection_string, name="bulk") as stack:
@@ -114,6 +115,8 @@ async def run(
         command = [sys.executable, "-m", "sync_core", "backfill", "--json"] + (["--dry-run"] if dry_run else [])
         if trace_memory:
             command[1:3] = [str(ROOT / "bench" / "trace_memory.py"), trace_memory]
+        elif profile:
+            command[1:1] = ["-m", "cProfile", "-o", profile]
         started = time.perf_counter()
         cpu_before = _children_cpu()
         result, peak_kib = await asyncio.to_thread(_run_measured, command, env)
@@ -168,13 +171,23 @@ def main() -> int:
         help="SPOTLER_CALLS_PER_SECOND of the connector (default: 0.95 x --rate; 0 sends unpaced)",
     )
     parser.add_argument("--trace-memory", metavar="PATH", help="run the command under tracemalloc; write to PATH")
+    parser.add_argument("--profile", metavar="PATH", help="run the command under cProfile; write its stats to PATH")
     args = parser.parse_args()
     connection_string = os.environ.get("AZURITE_CONNECTION_STRING")
     if not connection_string:
         print("Start Azurite first (./scripts/bench-bulk does it) and set AZURITE_CONNECTION_STRING.")
         return 2
     rows = asyncio.run(
-        run(connection_string, args.records, args.rate, args.dry_run, args.concurrency, args.pace, args.trace_memory)
+        run(
+            connection_string,
+            args.records,
+            args.rate,
+            args.dry_run,
+            args.concurrency,
+            args.pace,
+            args.trace_memory,
+            args.profile,
+        )
     )
     mode = " --dry-run" if args.dry_run else ""
     title = f"backfill{mode}, {args.records:,} records, Spotler limited to {args.rate:g} calls/s"

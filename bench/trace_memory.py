@@ -10,13 +10,17 @@ from __future__ import annotations
 import atexit
 import os
 import runpy
+import signal
 import sys
 import threading
 import time
 import tracemalloc
 
-FRAMES = 8
-SAMPLE_SECONDS = 5.0
+FRAMES = int(os.environ.get("TRACE_FRAMES", "1"))
+"""Frames kept per allocation: 1 (the allocating line) costs least; more find the callers, at a high price."""
+SAMPLE_SECONDS = 15.0
+GROWTH = 1.05
+"""A new snapshot is taken only when the traced total is this much above the last one kept (snapshots are slow)."""
 
 
 def main() -> None:
@@ -31,7 +35,7 @@ def main() -> None:
     def sample() -> None:
         while not stop.wait(SAMPLE_SECONDS):
             current, _ = tracemalloc.get_traced_memory()
-            if current > int(best["size"]):  # type: ignore[call-overload]
+            if current > GROWTH * int(best["size"]):  # type: ignore[call-overload]
                 best.update(size=current, snapshot=tracemalloc.take_snapshot(), at=time.monotonic() - started)
 
     def dump() -> None:
@@ -47,12 +51,13 @@ def main() -> None:
                 if snap is None:
                     continue
                 f.write(f"\n== {title}\n")
-                for stat in snap.statistics("traceback")[:15]:  # type: ignore[attr-defined]
+                for stat in snap.statistics("traceback" if FRAMES > 1 else "lineno")[:25]:  # type: ignore[attr-defined]
                     f.write(f"\n{stat.size / 2**20:.2f} MiB in {stat.count} blocks\n")
                     f.write("\n".join(stat.traceback.format(limit=FRAMES)) + "\n")
 
     threading.Thread(target=sample, daemon=True).start()
     atexit.register(dump)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still writes what it found
     runpy.run_module("sync_core", run_name="__main__", alter_sys=True)
 
 

@@ -27,7 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -353,16 +353,23 @@ class BulkEngine:
     async def _advance(self, run: dict[str, Any]) -> None:
         """Move the run on when its phase is complete; otherwise look again a little later."""
         phase = run["phase"]
+        delay = self._bulk.advance_poll_seconds
         if phase in ("assess", "apply"):
             scans = run["scans"].get(phase, {})
             scanned = all(scans.get(e, {}).get("done") for e in run["entities"])
             expected = sum(int(scans.get(e, {}).get("items", 0)) for e in run["entities"])
-            if scanned and await self.tables.count_items(run["id"], phase) >= expected:
-                await self._finish_phase(run, phase)
-                doc = await self.run_doc(run["id"])
-                if doc is None or doc["phase"] in TERMINAL:
-                    return
-        await self.queue.send_later(pack({"t": "advance", "run": run["id"]}), self._bulk.advance_poll_seconds)
+            if scanned:
+                finished = await self.tables.count_items(run["id"], phase)
+                if finished >= expected:
+                    await self._finish_phase(run, phase)
+                    doc = await self.run_doc(run["id"])
+                    if doc is None or doc["phase"] in TERMINAL:
+                        return
+                else:
+                    started = run.get("phaseStarted", {}).get(phase)
+                    elapsed = (self._clock() - datetime.fromisoformat(started)).total_seconds() if started else 0.0
+                    delay = advance_delay(finished, expected, elapsed, self._bulk.advance_poll_seconds)
+        await self.queue.send_later(pack({"t": "advance", "run": run["id"]}), delay)
 
     async def _finish_phase(self, run: dict[str, Any], phase: str) -> None:
         impact = Impact.total(Impact.from_json(i) for i in await self.tables.item_impacts(run["id"], phase))
@@ -492,6 +499,10 @@ class BulkEngine:
         targets = {links[r.record_id].external_id if r.record_id in links else r.record_id for r in rows}
         contacts = await self.tables.indexed_contacts(run_id, targets)
         unpaired = [h for rid, h in hashes.items() if rid not in links and rid not in contacts]
+        # A record the live push writes (its linked contact is gone, or holds another address) follows its
+        # address to the contact that holds it, as the push does: its holder is looked up in the index too.
+        moving = {r.record_id for r in rows if self._follows_address(r, links, contacts, emails)}
+        unpaired += [hashes[rid] for rid in moving]
         by_email = await self.tables.indexed_emails(run_id, unpaired) if unpaired else {}
         if by_email:
             contacts = {**contacts, **await self.tables.indexed_contacts(run_id, set(by_email.values()))}
@@ -499,7 +510,7 @@ class BulkEngine:
         async def one(row: WorkRow) -> _Planned:
             h = hashes.get(row.record_id)
             link = links.get(row.record_id)
-            found = by_email.get(h) if h is not None and link is None else None
+            found = by_email.get(h) if h is not None and (link is None or row.record_id in moving) else None
             async with gate:
                 return await self._plan_row(
                     entity,
@@ -511,6 +522,7 @@ class BulkEngine:
                     spotler=contacts.get(link.external_id if link is not None else row.record_id),
                     email_match=contacts.get(found) if found is not None else None,
                     suppression=suppressions.get(h) if h is not None else None,
+                    follows=row.record_id in moving,
                 )
 
         planned = list(await asyncio.gather(*(one(r) for r in rows)))
@@ -543,9 +555,23 @@ class BulkEngine:
         spotler: SpotlerContact | None,
         email_match: SpotlerContact | None,
         suppression: Suppression | None,
+        follows: bool = False,
     ) -> _Planned:
-        """`plan_push` for one row, from the state read for its work item (only peers are read here)."""
+        """`plan_push` for one row, from the state read for its work item (only peers are read here).
+
+        With `follows` (the record's linked contact is gone, or holds another address: the live push writes it),
+        `email_match` is the contact that holds its address now and the plan follows it there, as the push's
+        own planning does, so that a dry run counts the record as the real run will write it.
+        """
         attrs = row.attributes
+        live = self._live is not None and follows
+        holder = email_match if follows else None
+        moved = False
+        if link is not None and holder is not None and holder.external_id != link.external_id:
+            if spotler is None:
+                link, spotler = dataclasses.replace(link, external_id=holder.external_id), holder
+            else:
+                link, spotler, moved = dataclasses.replace(link, external_id=holder.external_id, base={}), holder, True
         if link is not None or spotler is not None:
             email_match = None  # paired already: the address is not looked up (as the live push does)
         external_id = link.external_id if link is not None else row.record_id
@@ -566,6 +592,7 @@ class BulkEngine:
             email_match=email_match,
             suppression=suppression,
             peers=peers,
+            moved=moved,
         )
         plan = plan_push(inp, mapping, self._options)
         if link is None and email_match is None and email is not None and _turns_a_bit_on(plan):
@@ -576,14 +603,23 @@ class BulkEngine:
             if address_peers:
                 plan = plan_push(dataclasses.replace(inp, address_peers=address_peers), mapping, self._options)
         current = spotler if spotler is not None else email_match
-        live = (
-            self._live is not None
-            and link is not None
-            and email is not None
-            and attrs is not None
-            and (spotler is None or other_address(link, spotler, email, dict(attrs)))
-        )
         return _Planned(entity, row, plan, current, email, link.reason if link is not None else None, live=live)
+
+    @staticmethod
+    def _follows_address(
+        row: WorkRow,
+        links: Mapping[str, LinkState],
+        contacts: Mapping[str, SpotlerContact],
+        emails: Mapping[str, str | None],
+    ) -> bool:
+        """Does the live push's rule of following the address apply to this record (its linked contact is gone
+        from the index, or holds another address)?"""
+        link = links.get(row.record_id)
+        email = emails.get(row.record_id)
+        if link is None or email is None or row.attributes is None:
+            return False
+        contact = contacts.get(link.external_id)
+        return contact is None or other_address(link, contact, email, dict(row.attributes))
 
     async def _apply(self, entity: EntityName, planned: list[_Planned]) -> Impact:
         """Write one work item: one bulk insert, anonymizations, tombstones, links and statuses."""
@@ -708,6 +744,23 @@ class BulkEngine:
 
 def _turns_a_bit_on(plan: PushPlan) -> bool:
     return plan.contact is not None and any(plan.contact.permissions.values())
+
+
+ADVANCE_MAX_SECONDS = 30
+
+
+def advance_delay(finished: int, expected: int, elapsed: float, poll: int) -> int:
+    """Seconds until the next look at a phase with `finished` of `expected` work items after `elapsed` seconds.
+
+    Counting the finished items reads all of them, so a look every `poll` seconds would cost work that grows with
+    the square of the run. The next look comes after half the time the rest is expected to take at the rate so
+    far (at least `poll`, at most `ADVANCE_MAX_SECONDS`): a few looks per halving of what is left, and the phase
+    ends at most half the remaining estimate late.
+    """
+    if finished <= 0 or elapsed <= 0 or expected <= finished:
+        return poll
+    remaining = (expected - finished) * elapsed / finished
+    return int(max(poll, min(ADVANCE_MAX_SECONDS, remaining / 2)))
 
 
 def _primary_key(entity: str) -> str:

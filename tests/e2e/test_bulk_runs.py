@@ -196,6 +196,42 @@ async def test_resync_of_a_record_whose_contact_was_anonymized_joins_the_contact
     assert moved.external_id == "form-signup"
 
 
+async def test_a_dry_run_counts_records_the_live_rules_write_as_the_real_run_writes_them(
+    connector: Connector,
+) -> None:
+    crm = load_crm(connector.dataverse.sandbox, connector.spotler.store, 40)
+    assert (await run(connector, "backfill"))["phase"] == "done"
+    store = connector.spotler.store
+    state = get_runtime().state
+    records = [r for e, r in sorted(crm.eligible) if e == "contact" and not r.startswith("imported")]
+    anonymized, merged = records[0], records[1]
+    # One record's contact was anonymized while a form signup took its address; another's contact was merged by
+    # Spotler into a contact that holds its address now. The real run writes both through the live push's rules,
+    # which follow the address to the contact holding it; the dry run must count them the same way.
+    for record, holder in ((anonymized, "form-signup"), (merged, "kept-duplicate")):
+        link = await state.get_link("contact", record)
+        assert link is not None
+        current = store.contact(link.external_id)
+        assert current is not None
+        address = current["properties"]["email"]
+        if record == anonymized:
+            store.anonymize(link.external_id)
+            store.seed([{"externalId": holder, "properties": {"email": address}}])
+        else:
+            store.seed([{"externalId": holder, "properties": {"email": address.upper()}}])
+            store.merge_duplicates(link.external_id, holder)
+
+    dry = await run(connector, "resync", {"table": "contact", "dryRun": True})
+    real = await run(connector, "resync", {"table": "contact"})
+
+    assert dry["phase"] == real["phase"] == "done"
+    assert real["apply"]["outcomes"] == dry["assess"]["outcomes"], "the dry run's counts are the real run's"
+    for record, holder in ((anonymized, "form-signup"), (merged, "kept-duplicate")):
+        moved = await state.get_link("contact", record)
+        assert moved is not None
+        assert moved.external_id == holder
+
+
 async def test_bad_bulk_requests_get_a_400_and_start_nothing(connector: Connector) -> None:
     async with httpx.AsyncClient() as http:
         for body in ({"table": "invoice"}, {"id": "x"}, [1]):
