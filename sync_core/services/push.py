@@ -416,7 +416,8 @@ class PushService:
         await self._remember(plan, event, now, status_columns=writable, previous=stored)
         # A record that stops speaking for a shared contact hands it to the next live record (docs/identity.md).
         # A delete or a merge that keeps the contact for others leaves its link anonymized (not speaking) too.
-        stopped = (
+        # A stale or repeated delivery says nothing new about the record: it remembers nothing and stops nothing.
+        stopped = plan.record_status and (
             plan.link is None or not plan.link.in_scope or (plan.link.anonymized and not (link and link.anonymized))
         )
         left = plan.action in (PushAction.NONE, PushAction.RELINK) and stopped

@@ -1,22 +1,18 @@
 """A stale delivery changes nothing: not the record, not the contact, and not who speaks for a shared contact.
 
-Known defect, kept as a strict expected failure until the push's "left" rule is fixed: the stale plan remembers
-no link, and `PushService._apply_serialized` reads "remembers no link" as "stopped speaking for the contact", so
-it names the next record as successor and `_hand_over` writes a status for it that says it speaks for the person
-now, while the record that sent the stale change still does.
+A stale plan remembers no link; that must not read as "stopped speaking for the contact", which would name the
+next record as successor and have `_hand_over` write its values and a status saying it speaks for the person now,
+while the record that sent the stale change still does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from sync_core.domain.records import ChangeKind
 from tests.unit.test_identity_paths import ADA, C1, L1, Setup
 
 
-@pytest.mark.xfail(strict=True, reason="a stale plan remembers no link, which the push reads as leaving the contact")
 async def test_a_stale_change_of_the_record_that_speaks_for_a_shared_contact_hands_nothing_over() -> None:
     s = Setup()
     await s.create(C1, ADA, firstname="Ada")
