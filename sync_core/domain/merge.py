@@ -210,7 +210,10 @@ def _permissions(
             if sp_on == dv_on:
                 acc.base[p.key] = sp_h
             continue
-        dynamics_changed = old is not None and hash_of(dv_on) != old
+        # With no agreed value (the record just joined the contact, or moved onto it) neither side is known to
+        # be the newer: Do Not Bulk Email ticked is the person's explicit no, never overruled by Spotler's bit
+        # (an unticked subscription column is only the default, and Spotler's bit is news for it).
+        dynamics_changed = hash_of(dv_on) != old if old is not None else dnbe
         if dynamics_changed and sp_on and p.direction is Direction.BOTH:
             # Dynamics withdrew consent while Spotler still shows it: the opt-out wins, Spotler is corrected.
             acc.conflicts.append(f"permission {p.bit}")

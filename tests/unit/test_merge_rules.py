@@ -286,6 +286,17 @@ def test_never_agreed_permission_spotler_lists_is_news_when_it_differs() -> None
     assert perm_base(same) == {"permission:2": h(False)}
 
 
+def test_do_not_bulk_email_with_no_agreed_base_is_a_withdrawal_spotler_does_not_overrule() -> None:
+    # A record that joined a subscribed contact (or moved onto it) and says Do Not Bulk Email: no base says which
+    # side is newer, so the explicit no stands and Spotler is corrected, instead of the pull unticking it.
+    m = mapping(FIRST, permissions=(BIT1,))
+    plan = pull(m, contact(perms={1: True}), link({}), row(donotbulkemail=True))
+    assert plan.changes == {}
+    assert plan.spotler_fix is not None
+    assert plan.spotler_fix.permissions == {1: False}
+    assert perm_base(plan) == {"permission:1": h(False)}
+
+
 def test_both_sides_withdrawing_becomes_the_new_base() -> None:
     m = mapping(FIRST, permissions=(BIT1,))
     plan = pull(m, contact(perms={1: False}), link({"permission:1": h(True)}), row(donotbulkemail=True))
