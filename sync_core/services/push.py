@@ -550,6 +550,25 @@ class PushService:
             await self._record_status(
                 event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
             )
+        elif not plan.record_status and previous is not None and previous.reason is ReasonCode.TRANSIENT_ERROR:
+            await self._restore_outcome(event, previous, now, status_columns=status_columns)
+
+    async def _restore_outcome(
+        self, event: ChangeEvent, link: LinkState, now: datetime, *, status_columns: bool
+    ) -> None:
+        """A change whose earlier attempt failed turned out, on its retry, to say nothing new (stale, or already
+        applied by another delivery): the record's outcome is the last one before the failure, not the error."""
+        history = sorted(await self._state.list_status(event.entity, event.record_id), key=lambda h: h.at)
+        last = next((h for h in reversed(history) if h.reason not in _FAILURE_REASONS), None)
+        if last is None:
+            return
+        with contextlib.suppress(ConcurrencyConflict):  # another worker recorded a newer state: it stands
+            await self._state.save_link(
+                dataclasses.replace(link, reason=last.reason, detail=last.detail, failures=0, next_retry=None)
+            )
+        await self._record_status(
+            event, last.reason, last.action, last.detail, last.external_id, now, status_columns=status_columns
+        )
 
     async def _ends_a_failure(self, plan: PushPlan, event: ChangeEvent, previous: LinkState | None) -> bool:
         """A delete of a record never linked says nothing new, unless an earlier attempt of it left a transient
@@ -715,6 +734,7 @@ class _NeedsContactLease(Exception):
         self.email_hash = email_hash
 
 
+_FAILURE_REASONS = frozenset({ReasonCode.TRANSIENT_ERROR, ReasonCode.PERMANENT_ERROR, ReasonCode.PAUSED_BY_GUARD})
 _LEASE_ROUNDS = 3  # the leases of a change are widened at most this often before it is retried as a conflict
 
 

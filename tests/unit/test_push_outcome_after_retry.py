@@ -47,3 +47,28 @@ async def test_a_delete_of_a_record_never_linked_ends_its_transient_error_when_t
 
     newest = max(await world.state.list_status("contact", C1), key=lambda h: h.at)
     assert (newest.reason, newest.detail) == (ReasonCode.SYNCED, "deleted; never synced")
+
+
+async def test_a_stale_change_whose_first_attempt_failed_leaves_the_record_its_last_outcome() -> None:
+    # A reordered, older change fails before it can be told stale; its retry finds it stale and applies nothing.
+    # The record's status must not stay the transient error of a change that never mattered.
+    world = World()
+    push = world.push()
+    await push.handle(change(C1, version=2, key="create"), owner="create")
+    stale = change(C1, {"jobtitle": "Clerk"}, kind=ChangeKind.UPDATE, version=1, key="stale")
+    world.spotler.fail("get_contact", SpotlerTimeout("no answer in time"))
+    world.clock.advance(seconds=1)
+    with pytest.raises(RetryLater):
+        await push.handle(stale, owner="first")
+    newest = max(await world.state.list_status("contact", C1), key=lambda h: h.at)
+    assert newest.reason is ReasonCode.TRANSIENT_ERROR
+
+    world.clock.advance(seconds=1)
+    outcome = await push.handle(stale, owner="retry")
+
+    assert outcome.detail == "stale event ignored"
+    newest = max(await world.state.list_status("contact", C1), key=lambda h: h.at)
+    assert (newest.reason, newest.action, newest.external_id) == (ReasonCode.CREATED, "create", C1)
+    link = await world.state.get_link("contact", C1)
+    assert link is not None
+    assert (link.reason, link.failures, link.next_retry) == (ReasonCode.CREATED, 0, None)
