@@ -77,6 +77,7 @@ class PushInput:
     merged_into: str | None = None
     master_attributes: Mapping[str, AttrValue] | None = None
     moved: bool = False  # the record's new address moved it onto the existing contact `spotler`
+    left: SpotlerContact | None = None  # with `moved`: the contact it left (still holding its old address)
     # Other records whose last synced address is this record's (looked up only when no contact exists for it).
     address_peers: Sequence[LinkState] = ()
 
@@ -197,6 +198,24 @@ def _left_from_elsewhere(
     return dataclasses.replace(plan, suppress=Suppression(my_hash, cause, inp.entity, inp.record_id, inp.now))
 
 
+def _carried_withdrawals(inp: PushInput, mapping: EntityMapping, joined: SpotlerContact | None) -> list[int]:
+    """The bits a record that moved onto `joined` had off on the contact it left, which `joined` has on.
+
+    Two people's records that come to share one address are one person in Spotler: an unsubscribe either of
+    them made stands, whichever push reaches the address first (without this the outcome would depend on it).
+    """
+    left = inp.left
+    if not inp.moved or left is None or joined is None:
+        return []
+    return [
+        p.bit
+        for p in mapping.permissions
+        if p.direction.pushes
+        and joined.permissions.get(p.bit, False)
+        and (left.opted_out or left.permissions.get(p.bit) is False)
+    ]
+
+
 def _joins_existing_contact(inp: PushInput) -> bool:
     """Does this change link the record to a Spotler contact it did not speak for before?"""
     if inp.moved:
@@ -248,6 +267,7 @@ def _advance(link: LinkState, inp: PushInput) -> LinkState:
         last_attempt=inp.now,
         failures=link.failures,
         next_retry=link.next_retry,
+        failed_change=link.failed_change,
         etag=link.etag,
     )
 
@@ -269,6 +289,7 @@ _LINK_FIELDS = [
     "last_attempt",
     "failures",
     "next_retry",
+    "failed_change",
     "etag",
 ]
 if [f.name for f in dataclasses.fields(LinkState)] != _LINK_FIELDS:  # pragma: no cover - a new field needs _advance
@@ -438,10 +459,12 @@ def _desired(
     creating: bool,
     *,
     hold: bool,
+    carried: Sequence[int] = (),
 ) -> _Desired:
     """The Spotler values this row asks for, restricted by direction, blank policy and the three-way merge.
 
-    With `hold`, no permission bit is turned on (the person was unsubscribed and has not opted in again).
+    With `hold`, no permission bit is turned on (the person was unsubscribed and has not opted in again); the
+    `carried` bits are turned off (an unsubscribe the record brings from the contact it left).
     Text, e-mail and date values take a short way to the same canonical forms `to_spotler` and `canonical` give.
     """
     out = _Desired()
@@ -521,7 +544,7 @@ def _desired(
         out_base[fkey] = want_h
 
     for p in pushed:
-        want_on = _permission_value(p, mapping, attrs)
+        want_on = _permission_value(p, mapping, attrs) and p.bit not in carried
         have_on = current.permissions.get(p.bit, False) if current is not None else False
         want_h = hash_of(want_on)
         if hold and want_on and not have_on:
@@ -737,6 +760,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     # contact has off are the person's own choice in Spotler; a record that joins turns none on without a new,
     # explicit opt-in.
     joining = _joins_existing_contact(inp)
+    carried = _carried_withdrawals(inp, mapping, current)
     owner = _owner_peer(inp)
     if owner is not None:
         # Linked but silent: the row follows the shared contact (pulls update it) without writing its values.
@@ -748,7 +772,16 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
             anonymized=False,
             unsubscribed=follower.unsubscribed or joining,
         )
-        return _skip(ReasonCode.SYNCED, detail, inp, link=follower, in_scope=True)
+        plan = _skip(ReasonCode.SYNCED, detail, inp, link=follower, in_scope=True)
+        if not carried:
+            return plan
+        # Silent, but its person's unsubscribe comes along: the shared contact's bits it had off go off.
+        return dataclasses.replace(
+            plan,
+            action=PushAction.UPDATE,
+            detail=f"{detail}; its unsubscribe carried over",
+            contact=SpotlerContact(external_id=external_id, properties={}, permissions=dict.fromkeys(carried, False)),
+        )
 
     # Unsubscribed when it left the sync (or joined an existing contact): its data flows, but no bit is turned on
     # without a new, explicit opt-in.
@@ -757,7 +790,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     )
 
     creating = current is None
-    desired = _desired(inp, mapping, options, attrs, current, creating, hold=hold)
+    desired = _desired(inp, mapping, options, attrs, current, creating, hold=hold, carried=carried)
     base_link = link or LinkState(entity=inp.entity, record_id=inp.record_id, external_id=external_id)
     # An anonymized record's old agreements do not stand: it comes back with all its values.
     merged_base = {} if link is not None and link.anonymized else dict(base_link.base)

@@ -45,6 +45,8 @@ class LinkState:
     last_attempt: datetime | None = None
     failures: int = 0
     next_retry: datetime | None = None
+    # The change (its idempotency key) whose failed attempt left the transient error `reason` holds.
+    failed_change: str | None = None
     etag: str | None = None
 
 

@@ -567,10 +567,12 @@ class BulkEngine:
         live = self._live is not None and follows
         holder = email_match if follows else None
         moved = False
+        left: SpotlerContact | None = None
         if link is not None and holder is not None and holder.external_id != link.external_id:
             if spotler is None:
                 link, spotler = dataclasses.replace(link, external_id=holder.external_id), holder
             else:
+                left = spotler if spotler.email is not None else None
                 link, spotler, moved = dataclasses.replace(link, external_id=holder.external_id, base={}), holder, True
         if link is not None or spotler is not None:
             email_match = None  # paired already: the address is not looked up (as the live push does)
@@ -593,6 +595,7 @@ class BulkEngine:
             suppression=suppression,
             peers=peers,
             moved=moved,
+            left=left,
         )
         plan = plan_push(inp, mapping, self._options)
         if link is None and email_match is None and email is not None and _turns_a_bit_on(plan):

@@ -390,6 +390,7 @@ class PushService:
                 merged_into=event.merged_into,
                 master_attributes=master,
                 moved=moved_to is not None,
+                left=moved_from,
                 address_peers=address_peers,
             ),
             mapping,
@@ -550,7 +551,13 @@ class PushService:
             await self._record_status(
                 event, plan.reason, plan.action.value, plan.detail, plan.external_id, now, status_columns=status_columns
             )
-        elif not plan.record_status and previous is not None and previous.reason is ReasonCode.TRANSIENT_ERROR:
+        elif (
+            not plan.record_status
+            and previous is not None
+            and previous.reason is ReasonCode.TRANSIENT_ERROR
+            and previous.failed_change == event.idempotency_key
+        ):
+            # Only the error this very change left: another change's pending retry stays the record's status.
             await self._restore_outcome(event, previous, now, status_columns=status_columns)
 
     async def _restore_outcome(
@@ -564,7 +571,9 @@ class PushService:
             return
         with contextlib.suppress(ConcurrencyConflict):  # another worker recorded a newer state: it stands
             await self._state.save_link(
-                dataclasses.replace(link, reason=last.reason, detail=last.detail, failures=0, next_retry=None)
+                dataclasses.replace(
+                    link, reason=last.reason, detail=last.detail, failures=0, next_retry=None, failed_change=None
+                )
             )
         await self._record_status(
             event, last.reason, last.action, last.detail, last.external_id, now, status_columns=status_columns
@@ -644,7 +653,13 @@ class PushService:
             with contextlib.suppress(ConcurrencyConflict):
                 await self._state.save_link(
                     dataclasses.replace(
-                        link, reason=reason, detail=detail, failures=failures, next_retry=next_retry, last_attempt=now
+                        link,
+                        reason=reason,
+                        detail=detail,
+                        failures=failures,
+                        next_retry=next_retry,
+                        last_attempt=now,
+                        failed_change=event.idempotency_key,
                     )
                 )
         await self._record_status(event, reason, "failed", detail, link.external_id if link else None, now)

@@ -217,6 +217,7 @@ def link_to_props(link: LinkState) -> Props:
     _put(props, "last_attempt", link.last_attempt)
     props["failures"] = int(link.failures)
     _put(props, "next_retry", link.next_retry)
+    _put(props, "failed_change", link.failed_change)
     return props
 
 
@@ -240,6 +241,7 @@ def link_from_props(props: Mapping[str, Any], etag: str | None) -> LinkState:
         last_attempt=_opt_dt(props, "last_attempt"),
         failures=_int(props.get("failures")),
         next_retry=_opt_dt(props, "next_retry"),
+        failed_change=props.get("failed_change"),
         etag=etag,
     )
 

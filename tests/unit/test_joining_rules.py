@@ -209,3 +209,76 @@ def test_a_record_whose_own_contact_exists_without_a_link_does_not_join_it() -> 
     assert plan.link is not None
     assert plan.link.external_id == "c-1"
     assert plan.link.unsubscribed is False
+
+
+def subscribed_holder() -> SpotlerContact:
+    """The contact that holds the address, subscribed (another person's record reached the address first)."""
+    return SpotlerContact(
+        "c-9", {"email": GRACE, "firstName": "Grace", "lastName": "Hopper"}, {1: True}, channels={"EMAIL": True}
+    )
+
+
+def unsubscribed_left() -> SpotlerContact:
+    """The contact the record leaves: its person turned bit 1 off in Spotler."""
+    return SpotlerContact("c-1", {"email": "ada@example.com", "firstName": "Ada"}, {1: False}, channels={"EMAIL": True})
+
+
+def test_a_record_moved_onto_a_subscribed_contact_brings_its_unsubscribe_along() -> None:
+    # Two records take one address at the same moment: whichever push reaches it first, the unsubscribe stands.
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, firstname="Grace", lastname="Hopper"),
+            changed={"emailaddress1"},
+            link=moved_link(),
+            spotler=subscribed_holder(),
+            moved=True,
+            left=unsubscribed_left(),
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.action is PushAction.UPDATE
+    assert plan.contact is not None
+    assert plan.contact.external_id == "c-9"
+    assert plan.contact.permissions == {1: False}
+
+
+def test_a_silent_record_moved_onto_a_subscribed_contact_still_brings_its_unsubscribe_along() -> None:
+    owner = LinkState("contact", "c-0", "c-9", email_hash=hashed(GRACE), base={})
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE),
+            entity="lead",
+            record_id="l-1",
+            changed={"emailaddress1"},
+            link=LinkState("lead", "l-1", "c-9", base={}),
+            spotler=subscribed_holder(),
+            moved=True,
+            left=unsubscribed_left(),
+            peers=[owner],
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.action is PushAction.UPDATE
+    assert plan.contact == SpotlerContact("c-9", {}, {1: False})
+    assert plan.link is not None
+    assert (plan.link.external_id, plan.link.in_scope, plan.link.unsubscribed) == ("c-9", True, True)
+    assert plan.detail.endswith("its unsubscribe carried over")
+
+
+def test_a_record_moved_from_a_subscribed_contact_changes_no_bit_of_the_one_it_joins() -> None:
+    left = SpotlerContact("c-1", {"email": "ada@example.com"}, {1: True}, channels={"EMAIL": True})
+    plan = plan_push(
+        push_input(
+            person(emailaddress1=GRACE, firstname="Grace", lastname="Hopper"),
+            changed={"emailaddress1"},
+            link=moved_link(),
+            spotler=subscribed_holder(),
+            moved=True,
+            left=left,
+        ),
+        CONTACT,
+        options(),
+    )
+    assert plan.contact is None or 1 not in plan.contact.permissions
