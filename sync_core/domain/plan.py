@@ -378,6 +378,36 @@ def _leave(inp: PushInput, reason: ReasonCode, detail: str, mapping: EntityMappi
     )
 
 
+def _silenced(plan: PushPlan, inp: PushInput, mapping: EntityMapping, options: PushOptions, email: str) -> PushPlan:
+    """A suppressed record whose own linked contact holds its address with bits on: they go off.
+
+    The record reached Spotler before the tombstone of its address was known (the person's opt-out or leave was
+    applied after the record's create or move, when their changes came out of order): no bit stays on for a
+    person with a tombstone, whichever change was applied first.
+    """
+    link, contact = inp.link, inp.spotler
+    if link is None or link.anonymized or contact is None or contact.email is None or plan.link is None:
+        return plan
+    if contact.email.casefold() != email.casefold():
+        return plan
+    on = [p.bit for p in mapping.permissions if p.direction.pushes and contact.permissions.get(p.bit, False)]
+    if not on:
+        return plan
+    base = dict(plan.link.base)
+    for p in mapping.permissions:
+        if p.direction.pushes:
+            base[p.key] = value_hash(options.hash_key, False)
+    return dataclasses.replace(
+        plan,
+        action=PushAction.UNSUBSCRIBE,
+        detail=f"{plan.detail}; its subscriptions turned off",
+        contact=SpotlerContact(external_id=link.external_id, properties={}, permissions=dict.fromkeys(on, False)),
+        link=dataclasses.replace(
+            plan.link, base=base, unsubscribed=True, detail=f"{plan.detail}; its subscriptions turned off"
+        ),
+    )
+
+
 def _permission_value(perm: PermissionMapping, mapping: EntityMapping, attrs: Mapping[str, AttrValue]) -> bool:
     if wants_no_bulk_email(mapping, attrs):
         return False  # Do Not Bulk Email turns every mapped permission off.
@@ -749,9 +779,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
     tombstone = inp.suppression
     if tombstone is not None:
         if not explicit_opt_in(inp, mapping, attrs, tombstone.cause):
-            return _skip(
-                ReasonCode.SUPPRESSED, f"suppressed ({tombstone.cause.value}); needs a new opt-in in Dynamics", inp
-            )
+            detail = f"suppressed ({tombstone.cause.value}); needs a new opt-in in Dynamics"
+            return _silenced(_skip(ReasonCode.SUPPRESSED, detail, inp), inp, mapping, options, email)
         lift = tombstone.email_hash
     elif link is not None and link.anonymized and not explicit_opt_in(inp, mapping, attrs, SuppressionCause.ANONYMIZED):
         return _skip(ReasonCode.SUPPRESSED, "anonymized; needs a new opt-in in Dynamics", inp)

@@ -60,6 +60,9 @@ class PushOutcome:
     detail: str
     external_id: str | None = None
     successor: LinkState | None = None  # the record that speaks for the person now that this one left
+    # Live records of an address this change left a tombstone on, linked before it was known: they are planned
+    # again, so that none keeps a subscription the tombstone takes away.
+    rechecks: tuple[LinkState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +208,14 @@ class PushService:
             return PushOutcome("failed", ReasonCode.PERMANENT_ERROR, exc.message), False
         if outcome.successor is not None:
             await self._hand_over(outcome.successor, owner)
+        for other in outcome.rechecks:
+            await self._hand_over(other, owner, note="its address has a tombstone now")
         return outcome, True
 
-    async def _hand_over(self, successor: LinkState, owner: str) -> None:
+    async def _hand_over(self, successor: LinkState, owner: str, *, note: str = "speaks for the person now") -> None:
         """The record that spoke for a shared contact left: the next one's values are written now, not on its
-        next save (the contact would keep the departed record's values until then)."""
+        next save (the contact would keep the departed record's values until then). With another `note`: another
+        record that this change concerns is planned again now."""
         lease = await self.leases.take(successor.entity, successor.record_id, owner)
         if lease is None:
             return  # a change of the successor is being applied right now; it writes its own values
@@ -224,7 +230,7 @@ class PushService:
                 source=EventSource.PULL,
                 complete=False,
             )
-            await self.apply_found(found, note="speaks for the person now")
+            await self.apply_found(found, note=note)
         except ConcurrencyConflict as exc:
             raise RetryLater("the record taking over the Spotler contact changed at the same time") from exc
         finally:
@@ -428,8 +434,20 @@ class PushService:
             peers = await self._state.links_for_external_id(plan.external_id)
         others = live_peers(peers) if left else []
         successor = min(others, key=lambda p: (ENTITY_PRECEDENCE[p.entity], p.record_id)) if others else None
+        rechecks: tuple[LinkState, ...] = ()
+        if plan.suppress is not None:
+            rechecks = tuple(
+                p
+                for p in await self._state.links_for_email_hash(plan.suppress.email_hash)
+                if p.in_scope and not p.anonymized and (p.entity, p.record_id) != (event.entity, event.record_id)
+            )
         return PushOutcome(
-            plan.action.value, plan.reason if plan.record_status else None, plan.detail, plan.external_id, successor
+            plan.action.value,
+            plan.reason if plan.record_status else None,
+            plan.detail,
+            plan.external_id,
+            successor,
+            rechecks,
         )
 
     async def _own_or_holder(self, email: str, own_id: str) -> SpotlerContact | None:

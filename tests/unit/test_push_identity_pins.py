@@ -39,11 +39,14 @@ async def test_a_save_on_the_fast_path_heeds_a_tombstone_of_its_address() -> Non
 
     outcome = await s.push(C1, ChangeKind.UPDATE, {"jobtitle": "Countess"})
 
-    detail = "suppressed (anonymized); needs a new opt-in in Dynamics"
-    assert (outcome.action, outcome.reason, outcome.detail) == ("none", ReasonCode.SUPPRESSED, detail)
-    assert s.contact(C1) == before
+    # Nothing of the change is written, and no bit stays on for a person with a tombstone.
+    detail = "suppressed (anonymized); needs a new opt-in in Dynamics; its subscriptions turned off"
+    assert (outcome.action, outcome.reason, outcome.detail) == ("unsubscribe", ReasonCode.SUPPRESSED, detail)
+    after = s.contact(C1)
+    assert before.permissions == {1: True, 2: True}
+    assert (after.properties, after.permissions) == (before.properties, {1: False, 2: False})
     link = await s.link("contact", C1)
-    assert (link.in_scope, link.reason, link.detail) == (False, ReasonCode.SUPPRESSED, detail)
+    assert (link.in_scope, link.unsubscribed, link.reason, link.detail) == (False, True, ReasonCode.SUPPRESSED, detail)
     assert await s.world.state.get_suppression(hashed(ADA)) is not None
 
 
