@@ -386,9 +386,34 @@ def _silenced(plan: PushPlan, inp: PushInput, mapping: EntityMapping, options: P
     person with a tombstone, whichever change was applied first.
     """
     link, contact = inp.link, inp.spotler
-    if link is None or link.anonymized or contact is None or contact.email is None or plan.link is None:
+    if link is None or link.anonymized or contact is None or contact.email is None:
         return plan
     if contact.email.casefold() != email.casefold():
+        return plan
+    return _bits_off(plan, inp, mapping, options, "its subscriptions turned off")
+
+
+def _kept_for_later_joiners(
+    plan: PushPlan, inp: PushInput, peers: Sequence[LinkState], mapping: EntityMapping, options: PushOptions
+) -> PushPlan:
+    """The record leaves a shared contact that only records which joined it after this change keep.
+
+    Such a record joined without an opt-in of its own (its link is held unsubscribed) and, in Dynamics' order,
+    after the person left: the contact stays for it, but the bits the leaving person's consent kept on go off,
+    as they would have had the changes been applied in the order they were made.
+    """
+    when = inp.modified_on
+    if when is None or inp.spotler is None:
+        return plan
+    if not all(p.unsubscribed and p.dv_modified_on is not None and p.dv_modified_on > when for p in peers):
+        return plan
+    return _bits_off(plan, inp, mapping, options, "its subscriptions turned off: the records that keep it joined later")
+
+
+def _bits_off(plan: PushPlan, inp: PushInput, mapping: EntityMapping, options: PushOptions, note: str) -> PushPlan:
+    """`plan`, also turning off the pushed permission bits the linked contact has on (if any)."""
+    contact = inp.spotler
+    if contact is None or plan.link is None or plan.external_id is None:
         return plan
     on = [p.bit for p in mapping.permissions if p.direction.pushes and contact.permissions.get(p.bit, False)]
     if not on:
@@ -397,14 +422,13 @@ def _silenced(plan: PushPlan, inp: PushInput, mapping: EntityMapping, options: P
     for p in mapping.permissions:
         if p.direction.pushes:
             base[p.key] = value_hash(options.hash_key, False)
+    detail = f"{plan.detail}; {note}"
     return dataclasses.replace(
         plan,
         action=PushAction.UNSUBSCRIBE,
-        detail=f"{plan.detail}; its subscriptions turned off",
-        contact=SpotlerContact(external_id=link.external_id, properties={}, permissions=dict.fromkeys(on, False)),
-        link=dataclasses.replace(
-            plan.link, base=base, unsubscribed=True, detail=f"{plan.detail}; its subscriptions turned off"
-        ),
+        detail=detail,
+        contact=SpotlerContact(external_id=plan.external_id, properties={}, permissions=dict.fromkeys(on, False)),
+        link=dataclasses.replace(plan.link, base=base, unsubscribed=True, detail=detail),
     )
 
 
@@ -680,7 +704,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         if peers:
             detail = f"deleted; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
             unlinked = dataclasses.replace(_advance(link, inp), anonymized=True) if link else None
-            return PushPlan(PushAction.NONE, ReasonCode.SYNCED, detail, external_id=external_id, link=unlinked)
+            plan = PushPlan(PushAction.NONE, ReasonCode.SYNCED, detail, external_id=external_id, link=unlinked)
+            return _kept_for_later_joiners(plan, inp, peers, mapping, options)
         # The tombstone needs the address: from the link, else the delete's pre-image, else Spotler's contact.
         known = link.email_hash if link is not None else None
         gone_email = normalize_email(attrs.get(mapping.email_attribute)) if attrs is not None else None
@@ -721,7 +746,7 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
         if peers and (inp.spotler is not None or (link is not None and not link.anonymized)):
             # The shared contact stays for another live, consenting record of the person.
             kept = f"Do Not Email is set; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
-            return _skip(ReasonCode.SUPPRESSED, kept, inp)
+            return _kept_for_later_joiners(_skip(ReasonCode.SUPPRESSED, kept, inp), inp, peers, mapping, options)
         if inp.spotler is not None or (link is not None and not link.anonymized):
             return _anonymize(inp, "Do Not Email is set", SuppressionCause.OPTED_OUT, external_id, email_h=email_h)
         tomb = Suppression(email_h, SuppressionCause.OPTED_OUT, inp.entity, inp.record_id, inp.now) if email_h else None
@@ -739,11 +764,8 @@ def plan_push(inp: PushInput, mapping: EntityMapping, options: PushOptions) -> P
                 return elsewhere
             peers = _peers_of_address(inp, email_h)
             if peers:
-                return _skip(
-                    ReasonCode.INACTIVE,
-                    f"inactive; Spotler contact kept for {peers[0].entity} {peers[0].record_id}",
-                    inp,
-                )
+                kept = f"inactive; Spotler contact kept for {peers[0].entity} {peers[0].record_id}"
+                return _kept_for_later_joiners(_skip(ReasonCode.INACTIVE, kept, inp), inp, peers, mapping, options)
             return _anonymize(inp, "record deactivated", SuppressionCause.ANONYMIZED, external_id, email_h=email_h)
         return _leave(inp, ReasonCode.INACTIVE, "record is inactive", mapping, options)
 

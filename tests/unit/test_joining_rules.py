@@ -6,11 +6,13 @@ for them); a record that moves onto the contact by a new address, or is paired w
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from sync_core.domain.mapping import EntityMapping
-from sync_core.domain.plan import PushAction, plan_push
+from sync_core.domain.plan import PushAction, PushPlan, plan_push
 from sync_core.domain.records import ChangeKind, SpotlerContact
 from sync_core.domain.state_model import LinkState
-from tests.unit.domain_builders import hashed, options, person, push_input
+from tests.unit.domain_builders import T0, hashed, options, person, push_input
 
 FIELDS = [
     {"dataverse": "firstname", "spotler": "firstName", "direction": "both"},
@@ -282,3 +284,42 @@ def test_a_record_moved_from_a_subscribed_contact_changes_no_bit_of_the_one_it_j
         options(),
     )
     assert plan.contact is None or 1 not in plan.contact.permissions
+
+
+def _leave_of_the_speaker(joined_at: datetime) -> PushPlan:
+    """Contact c-1 speaks for Grace's contact and is deactivated at T0 + 1 h; lead l-1 joined it (held, without an
+    opt-in of its own) at `joined_at`, and that change was applied first."""
+    speaker = LinkState("contact", "c-1", "c-9", email_hash=hashed(GRACE), base={})
+    joiner = LinkState("lead", "l-1", "c-9", email_hash=hashed(GRACE), unsubscribed=True, dv_modified_on=joined_at)
+    return plan_push(
+        push_input(
+            person(emailaddress1=GRACE, statecode=1, statuscode=2),
+            kind=ChangeKind.SET_STATE,
+            changed={"statecode"},
+            link=speaker,
+            spotler=subscribed_holder(),
+            peers=[joiner],
+            modified_on=T0 + timedelta(hours=1),
+        ),
+        CONTACT,
+        options(),
+    )
+
+
+def test_a_leave_before_the_remaining_record_joined_turns_the_bits_off_whichever_was_applied_first() -> None:
+    plan = _leave_of_the_speaker(joined_at=T0 + timedelta(hours=2))
+    assert plan.action is PushAction.UNSUBSCRIBE
+    assert plan.contact == SpotlerContact("c-9", {}, {1: False})
+    assert plan.detail == (
+        "inactive; Spotler contact kept for lead l-1; its subscriptions turned off: the records that keep it joined "
+        "later"
+    )
+    assert plan.link is not None
+    assert plan.link.unsubscribed
+
+
+def test_a_leave_after_the_remaining_record_joined_keeps_the_contact_and_its_bits() -> None:
+    plan = _leave_of_the_speaker(joined_at=T0 + timedelta(minutes=30))
+    assert plan.action is PushAction.NONE
+    assert plan.contact is None
+    assert plan.detail == "inactive; Spotler contact kept for lead l-1"
