@@ -205,14 +205,14 @@ def _carried_withdrawals(inp: PushInput, mapping: EntityMapping, joined: Spotler
     them made stands, whichever push reaches the address first (without this the outcome would depend on it).
     """
     left = inp.left
-    if not inp.moved or left is None or joined is None:
+    if left is None or joined is None:  # `left` is given with `moved` only
         return []
     return [
         p.bit
         for p in mapping.permissions
         if p.direction.pushes
         and joined.permissions.get(p.bit, False)
-        and (left.opted_out or left.permissions.get(p.bit) is False)
+        and left.permissions.get(p.bit) is False
     ]
 
 
@@ -229,7 +229,8 @@ def _joins_existing_contact(inp: PushInput) -> bool:
             not p.anonymized and p.in_scope and (p.entity, p.record_id) != (inp.entity, inp.record_id)
             for p in inp.address_peers
         )
-    return inp.link is None and inp.spotler is None and inp.email_match is not None
+    # Paired by e-mail: with no link, `email_match` is set here (see above), and never beside `spotler`.
+    return inp.link is None
 
 
 def _is_stale(inp: PushInput) -> bool:
