@@ -210,9 +210,7 @@ def _carried_withdrawals(inp: PushInput, mapping: EntityMapping, joined: Spotler
     return [
         p.bit
         for p in mapping.permissions
-        if p.direction.pushes
-        and joined.permissions.get(p.bit, False)
-        and left.permissions.get(p.bit) is False
+        if p.direction.pushes and joined.permissions.get(p.bit, False) and left.permissions.get(p.bit) is False
     ]
 
 
