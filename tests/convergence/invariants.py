@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxes.dataverse.store import WriteRecord
 from sync_core.services.runtime import get_runtime
 from sync_core.services.status import record_status_view
 from tests.convergence.operations import EXCLUDED_JOB_TITLE
@@ -39,8 +41,11 @@ def dataverse_writes(world: World) -> int:
     return sum(1 for w in world.dv.writes if w.user_id == app_user)
 
 
-async def check(world: World, *, quiet_writes: tuple[int, int]) -> list[Violation]:
-    """Every invariant on the settled world; `quiet_writes` are the writes a last idle pull and push made."""
+async def check(
+    world: World, *, quiet_writes: tuple[int, int], late_dataverse: Sequence[WriteRecord] = ()
+) -> list[Violation]:
+    """Every invariant on the settled world; `quiet_writes` are the writes a last idle pull and push made
+    (`late_dataverse` the Dataverse ones, to name them)."""
     state = get_runtime().state
     found: list[Violation] = []
     dead = await world.dead_letters()
@@ -118,11 +123,13 @@ async def check(world: World, *, quiet_writes: tuple[int, int]) -> list[Violatio
     # No ping-pong: once settled, an idle pull and push write nothing.
     spotler_quiet, dataverse_quiet = quiet_writes
     if spotler_quiet or dataverse_quiet:
+        named = "; ".join(f"{w.entity} {w.record_id[:8]} {w.message} {', '.join(w.changed)}" for w in late_dataverse)
         found.append(
             Violation(
                 "no-ping-pong",
-                f"a settled world kept writing: {spotler_quiet} Spotler, {dataverse_quiet} Dataverse writes",
-                (),
+                f"a settled world kept writing: {spotler_quiet} Spotler, {dataverse_quiet} Dataverse writes"
+                + (f" ({named})" if named else ""),
+                tuple(sorted({s for w in late_dataverse if (s := world.slot_of.get(w.record_id)) is not None})),
             )
         )
     changes = max(1, world.stats.changes)

@@ -82,12 +82,14 @@ class Arena:
                 await world.apply(op)
             await world.settle(reconcile=self.reconcile)
             sp_before, dv_before = spotler_writes(world), dataverse_writes(world)
+            dv_seen = len(world.dv.writes)
             calls = sum(world.sp.call_counts().values())
             for _ in range(2):  # settled: an idle pull and push write nothing
                 await world.pull()
                 await world.run_queue()
             quiet = (spotler_writes(world) - sp_before, dataverse_writes(world) - dv_before)
-            violations = await check(world, quiet_writes=quiet)
+            late = [w for w in world.dv.writes[dv_seen:] if w.user_id == world.c.dataverse.app_user_id]
+            violations = await check(world, quiet_writes=quiet, late_dataverse=late)
             dead = len(await world.dead_letters())
             distinct = list({v.slots: v for v in violations}.values())[:4]
             notes = [line for v in distinct for line in [str(v), *await explain(world, v)]]
