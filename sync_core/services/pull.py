@@ -266,7 +266,7 @@ class PullService:
             for entity, found in zip(ids, read, strict=True)
             for record_id, row in found.items()
         }
-        plans: list[PullPlan] = []
+        groups: dict[str, list[tuple[SpotlerContact, LinkState, EntityMapping, DataverseRow | None]]] = {}
         for contact, link, mapping in pairs:
             row = rows.get((link.entity, link.record_id.lower()))
             if (row is None or not is_active(row.attributes)) and not link.anonymized:
@@ -274,9 +274,27 @@ class PullService:
                 # never reached the push (a lost webhook), so its rule is applied instead of a write-back.
                 found_changes.append(_found_change(link, row, owner))
                 continue
-            plan = plan_pull(contact, link, row, mapping, self._options, now)
-            if not plan.skipped:
-                plans.append(plan)
+            groups.setdefault(contact.external_id, []).append((contact, link, mapping, row))
+        plans: list[PullPlan] = []
+        for group in groups.values():
+            planned = [
+                plan_pull(contact, link, row, mapping, self._options, now) for contact, link, mapping, row in group
+            ]
+            fixes = [p.spotler_fix for p in planned if p.spotler_fix is not None]
+            if fixes:
+                # A row's correction of the shared contact (a consent withdrawal) is what its other rows see: they
+                # are planned against the corrected contact now, not on the next pull.
+                contact = group[0][0]
+                fixed = dataclasses.replace(
+                    contact,
+                    properties={**contact.properties, **{k: v for f in fixes for k, v in f.properties.items()}},
+                    permissions={**contact.permissions, **{b: v for f in fixes for b, v in f.permissions.items()}},
+                )
+                planned = [
+                    p if p.spotler_fix is not None else plan_pull(fixed, link, row, mapping, self._options, now)
+                    for p, (_, link, mapping, row) in zip(planned, group, strict=True)
+                ]
+            plans.extend(p for p in planned if not p.skipped)
         if busy:
             raise RetryLater(f"records being pushed right now: {', '.join(busy[:5])}; the page is applied again")
         return plans, found_changes

@@ -10,13 +10,13 @@ import pytest
 
 from sync_core.domain.reasons import ReasonCode
 from sync_core.domain.records import ChangeEvent
-from sync_core.domain.state_model import Watermark
+from sync_core.domain.state_model import LinkState, Watermark
 from sync_core.services.pull import WATERMARK_NAME, PullOptions, PullReport
 from sync_core.services.push import PushService, RetryLater
 from sync_core.spotler.errors import SpotlerInvalidData, SpotlerTransientError
 from sync_core.state import InMemoryStateStore
 from tests.unit.domain_builders import T0
-from tests.unit.service_fakes import World, YieldingStateStore, change
+from tests.unit.service_fakes import World, YieldingStateStore, change, row_attributes
 
 ID = "3f2a1c4e-0000-4000-8000-000000000001"
 PAGED = PullOptions(page_size=2)
@@ -459,3 +459,31 @@ async def test_pull_leaves_a_record_alone_while_a_push_holds_it_and_applies_it_o
         lease, owner="msg-next", now=world.clock.now(), ttl=timedelta(minutes=5)
     )
     assert next_owner is not None
+
+
+async def test_a_withdrawal_one_row_makes_on_a_shared_contact_reaches_its_other_rows_in_the_same_pull() -> None:
+    # A second record (no agreed value yet: it just joined the contact) says Do Not Bulk Email while the contact is
+    # subscribed: the pull turns the bit off, and the contact's other row learns it in the same run, not the next.
+    world = World()
+    await world.linked(ID)
+    lead = "0b000000-0000-4000-8000-0000000000aa"
+    world.dataverse.put_row("lead", lead, row_attributes(ID, donotbulkemail=True))
+    await world.state.save_link(LinkState("lead", lead, ID, email_hash=None, dv_version=1))
+    world.clock.advance(minutes=1)
+    world.spotler.profile_edit(ID, properties={"lastName": "Byron"})
+    world.clock.advance(minutes=1)
+
+    report = await world.pull().run()
+
+    assert report.completed
+    contact = world.spotler.contact(ID)
+    assert contact is not None
+    assert contact.permissions.get(1) is False
+    row = world.dataverse.row("contact", ID)
+    assert row is not None
+    assert (row.attributes["donotbulkemail"], row.attributes["lastname"]) == (True, "Byron")
+    writes_after_one_run = len(world.dataverse.writes)
+    world.clock.advance(minutes=1)
+    again = await world.pull().run()
+    assert again.completed
+    assert len(world.dataverse.writes) == writes_after_one_run
